@@ -1,0 +1,35 @@
+"""ppo-align: use PPO to change when a model refuses, hedges or complies, and measure what changed.
+
+The public API mirrors the CLI one call per command::
+
+    from ppo_align import load_recipe, train
+    recipe = load_recipe("recipes/smollm2-refusal-boundary.yaml", overrides=["ppo.total_episodes=64"])
+    run = train(recipe)
+
+Heavy libraries (torch, transformers, TRL) are imported lazily inside the
+functions that need them, so ``import ppo_align`` and ``ppo-align --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ppo_align.errors import UserError
+from ppo_align.recipe import Recipe, load_recipe, shipped_recipes, validate_recipe
+
+__all__ = [
+    "Recipe",
+    "UserError",
+    "__version__",
+    "load_recipe",
+    "shipped_recipes",
+    "train",
+    "validate_recipe",
+]
+
+
+def train(recipe, *, resume: str = "auto", force: bool = False):
+    """Run PPO for a recipe; see :func:`ppo_align.training.train`."""
+    from ppo_align.training import train as _train
+
+    return _train(recipe, resume=resume, force=force)

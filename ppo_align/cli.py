@@ -1,0 +1,159 @@
+"""The `ppo-align` command line: thin wrappers over the Python API.
+
+Each command parses its arguments, calls one API function and prints the
+result. Input problems (:class:`UserError`) print one line each on stderr and
+exit with code 2; tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ppo_align import __version__
+from ppo_align.errors import UserError
+
+app = typer.Typer(
+    name="ppo-align",
+    help=(
+        "PPO for behaviour: train when a model refuses, hedges or complies, and measure what changed.\n\n"
+        "Start with `ppo-align recipes` to list the shipped recipes, `ppo-align validate RECIPE` to check "
+        "one, then `ppo-align train RECIPE`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+out = Console()
+err = Console(stderr=True)
+
+SetOption = typer.Option(
+    None,
+    "--set",
+    "-s",
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set ppo.learning_rate=1e-5 (repeatable; values are YAML).",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ppo-align {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors in the log."),
+) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=debug)])
+    # Library chatter (transformers, TRL) stays at warnings unless debugging.
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@app.command()
+def validate(
+    recipes: List[Path] = typer.Argument(..., help="Recipe YAML files (or names of shipped recipes)."),
+    overrides: Optional[List[str]] = SetOption,
+) -> None:
+    """Check recipes without running them: types, ranges, unknown keys, batch sizes, files, model metadata.
+
+    Every problem is listed, one per line. Exit code 0 when all are valid, 2 otherwise.
+    """
+    from ppo_align.recipe import load_recipe
+
+    problems: list[str] = []
+    for path in recipes:
+        try:
+            load_recipe(path, overrides)
+            out.print(f"[green]ok[/green] {path}")
+        except UserError as exc:
+            problems += exc.problems
+    if problems:
+        raise UserError(*problems)
+
+
+@app.command("recipes")
+def list_recipes() -> None:
+    """List the recipes shipped with ppo-align, with one-line descriptions."""
+    from ppo_align.recipe import shipped_recipes
+
+    table = Table("name", "description", "file", box=None)
+    for r in shipped_recipes():
+        table.add_row(r.name, r.description, str(r.path))
+    out.print(table)
+
+
+@recipe_app.command("show")
+def recipe_show(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[List[str]] = SetOption,
+) -> None:
+    """Print the fully resolved recipe, every default filled in."""
+    from ppo_align.recipe import load_recipe
+
+    out.print(load_recipe(recipe, overrides, check_resources=False).to_yaml(), end="", markup=False, highlight=False)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[List[str]] = SetOption,
+    resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
+    force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
+) -> None:
+    """Train with PPO: 4-bit LoRA policy, disabled-adapter reference, LoRA value model.
+
+    Re-running on an existing run continues from its latest complete checkpoint.
+    """
+    from ppo_align import train as run_training
+    from ppo_align.recipe import load_recipe
+
+    if resume and fresh:
+        raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
+    mode = "resume" if resume else "fresh" if fresh else "auto"
+    result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
+    out.print(f"[green]done[/green]: {result.dir}")
+
+
+def main() -> None:
+    """Console entry point: turns UserError into one line per problem and exit code 2."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except UserError as exc:
+        if debug:
+            raise
+        for line in exc.problems:
+            err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; the last complete checkpoint is intact (re-run the command to resume)")
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --debug
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/bold red] {escape(type(exc).__name__ + ': ' + str(exc))} (re-run with --debug for the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything raised as :class:`UserError` is a problem with the user's input
+(a recipe, a path, a missing package) rather than a bug. The CLI prints it as
+one line per problem on stderr and exits with code 2; the Python API lets it
+propagate so notebooks see the same text.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: says what is wrong, where, and how to fix it.
+
+    Args:
+        problems: one or more self-contained lines, e.g.
+            ``"recipe.yaml: ppo.learning_rate = 'fast': expected a number; fix: write e.g. 1e-5"``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, *problems: str):
+        if not problems:
+            raise ValueError("UserError needs at least one problem line")
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

