@@ -24,3 +24,7 @@ class UserError(Exception):
             raise ValueError("UserError needs at least one problem line")
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class TrainingStopped(UserError):
+    """A guard stopped training (non-finite loss or reward, KL past ppo.max_kl); the last good checkpoint is kept."""

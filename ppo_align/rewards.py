@@ -11,7 +11,8 @@ Recipes name one as ``reward: {source: function, function: "module:function"}``.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
 
 from ppo_align.judges import judge_responses
 
@@ -50,4 +51,76 @@ def expected_behaviour(
     return scores
 
 
-BUILTIN: dict[str, Callable] = {"expected_behaviour": expected_behaviour}
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class RewardBatch:
+    """One chunk of a rollout as a reward source sees it."""
+
+    input_ids: Any  # prompt + response token ids, pads as in TRL's rollout
+    attention_mask: Any
+    prompts: list[str]
+    responses: list[str]
+    metadata: list[dict]
+
+
+Scorer = Callable[[RewardBatch], Sequence[float]]
+
+
+def function_scorer(fn, kwargs: dict) -> Scorer:
+    def score(batch: RewardBatch):
+        return fn(batch.prompts, batch.responses, batch.metadata, **kwargs)
+
+    return score
+
+
+def model_scorer(model, pad_token_id: int) -> Scorer:
+    """Score with a sequence-classification reward model on the policy's own token ids."""
+    import torch
+
+    def score(batch: RewardBatch):
+        ids = batch.input_ids.masked_fill(~batch.attention_mask.bool(), pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=batch.attention_mask.long()).logits
+        return logits[:, 0]
+
+    return score
+
+
+def build_scorer(recipe, tokenizer) -> Scorer:
+    """The recipe's reward source as one scoring function over rollout chunks."""
+    from ppo_align.recipe import FunctionReward, resolve_function
+
+    reward = recipe.reward
+    if isinstance(reward, FunctionReward):
+        return function_scorer(resolve_function(reward.function, recipe), reward.kwargs)
+    return model_scorer(load_reward_model(recipe, tokenizer), tokenizer.pad_token_id)
+
+
+def load_reward_model(recipe, tokenizer):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ppo_align.errors import UserError
+    from ppo_align.models import keep_4bit_gradients_on_cpu, quantization_config
+
+    path = recipe.resolve_path(recipe.reward.path)
+    try:
+        rm_tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        raise UserError(f"reward.path = {recipe.reward.path!r}: has no tokenizer; fix: save the tokenizer next to the reward model") from None
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            f"reward.path = {recipe.reward.path!r}: its tokenizer differs from the policy's "
+            f"({len(rm_tokenizer)} vs {len(tokenizer)} tokens); the reward model reads the policy's token ids "
+            "directly, so it must share the policy's tokenizer; fix: train it from the same base model"
+        )
+    quant = quantization_config(recipe.model) if recipe.reward.load_in_4bit else None
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, quantization_config=quant)
+    if model.config.num_labels != 1:
+        raise UserError(f"reward.path = {recipe.reward.path!r}: has {model.config.num_labels} labels; a reward model has 1")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    keep_4bit_gradients_on_cpu(model)
+    return model.eval()

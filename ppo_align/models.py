@@ -1,0 +1,149 @@
+"""Loading models: source resolution, tokenizer and pad fix, 4-bit quantization, LoRA.
+
+The policy and the value model share one recipe section (``model``): both are
+the same base loaded in 4-bit with a LoRA adapter; the value model adds a
+scalar head. The reference is the policy with its adapter disabled, so it is
+never loaded at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ppo_align import embedded
+from ppo_align.errors import UserError
+from ppo_align.recipe import Lora, ModelSection
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(source: str) -> str:
+    """Where transformers should load ``source`` from: a converted embedded model, a local dir, or a hub id."""
+    if embedded.is_embedded_source(source):
+        return str(embedded.ensure_embedded_model(source))
+    path = Path(source).expanduser()
+    return str(path) if path.is_dir() else source
+
+
+def load_tokenizer(section: ModelSection, model_dir: str):
+    """The tokenizer with a pad token distinct from eos and left padding (for batched generation)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision)
+    if section.pad_token is not None:
+        if section.pad_token not in tokenizer.get_vocab():
+            raise UserError(f"model.pad_token = {section.pad_token!r}: not in the tokenizer's vocabulary; fix: use an existing token")
+        tokenizer.pad_token = section.pad_token
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # TRL derives attention masks from the pad id: pad == eos would mask every end-of-turn token in prompts.
+        raise UserError(
+            f"model.source = {section.source!r}: the tokenizer's pad token is {tokenizer.pad_token!r}, the same as eos; "
+            "fix: set model.pad_token to another token the tokenizer knows (one it never needs inside prompts)"
+        )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def quantization_config(section: ModelSection):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = section.quantization
+    if not q.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_use_double_quant=q.double_quant,
+    )
+
+
+def lora_config(lora: Lora, task_type: str, modules_to_save: list[str] | None = None):
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+        bias="none",
+    )
+
+
+def keep_4bit_gradients_on_cpu(model) -> int:
+    """Work around a silent no-learning trap of bitsandbytes on CPUs with AVX512-BF16.
+
+    The first eval-mode forward through a ``Linear4bit`` repacks its weight for a
+    fast kernel that has no autograd; from then on LoRA parameters get no gradient
+    and backward only warns. PPO generates (eval mode) before it trains, so it
+    would never learn. Disabling the repack keeps the autograd path, at about
+    1.8x slower 4-bit generation (measured on SmolLM2-135M).
+
+    Returns:
+        How many 4-bit layers were switched.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
+def _load(auto_class, section: ModelSection, model_dir: str, **kwargs):
+    import torch
+
+    quant = quantization_config(section)
+    try:
+        model = auto_class.from_pretrained(
+            model_dir,
+            revision=section.revision,
+            quantization_config=quant,
+            dtype=torch.float32 if quant is None else getattr(torch, section.quantization.compute_dtype),
+            **kwargs,
+        )
+    except OSError as exc:
+        raise UserError(f"model.source = {section.source!r}: cannot load it ({str(exc).splitlines()[0]})") from None
+    if quant is not None:
+        keep_4bit_gradients_on_cpu(model)
+    return model
+
+
+def load_policy(section: ModelSection, model_dir: str, tokenizer):
+    """The policy: 4-bit base + trainable LoRA adapter named "default".
+
+    With the adapter disabled the same object is the reference model.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = _load(AutoModelForCausalLM, section, model_dir)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    base.generation_config.pad_token_id = tokenizer.pad_token_id
+    if section.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM"))
+
+
+def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, tokenizer):
+    """The value model: 4-bit base + LoRA + a trainable scalar head ("score").
+
+    A full-precision copy would make each checkpoint carry a ~1 GB optimizer
+    state for a 135M model; the LoRA value model's is a few MB.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    base = _load(AutoModelForSequenceClassification, section, model_dir, num_labels=1)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"]))

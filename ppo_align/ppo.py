@@ -1,0 +1,334 @@
+"""PPO on TRL's experimental trainer: the only module that imports ``trl.experimental.ppo``.
+
+TRL 1.12's PPOTrainer runs one monolithic loop with no resume and saves only
+the policy. We add, without copying its loop:
+
+* checkpoints with the policy adapter, the value adapter and head, optimizer,
+  scheduler and every RNG (accelerate ``save_state``), written atomically;
+* resume: state restored before ``train()``, the loop shortened to the
+  remaining updates, and the counters TRL resets put back in
+  ``on_train_begin`` (which TRL calls right after resetting them);
+* a deterministic, resumable prompt order that keeps the samples of one
+  prompt in the same rollout batch (``ppo.samples_per_prompt``);
+* metrics.jsonl / samples.jsonl, a progress bar, and guards (non-finite
+  values, KL budget, updates that change nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Sampler
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+from ppo_align import checkpoints
+from ppo_align.errors import TrainingStopped
+from ppo_align.prompts import PromptSet
+from ppo_align.recipe import Recipe
+from ppo_align.rewards import RewardBatch, Scorer
+
+log = logging.getLogger(__name__)
+
+# TRL's names for the values we log, mapped to ours (metrics.jsonl keys).
+METRIC_NAMES = {
+    "objective/scores": "reward_mean",
+    "objective/kl": "kl",
+    "objective/entropy": "entropy",
+    "objective/non_score_reward": "non_score_reward",
+    "objective/rlhf_reward": "rlhf_reward",
+    "loss/policy_avg": "policy_loss",
+    "loss/value_avg": "value_loss",
+    "policy/clipfrac_avg": "clip_frac",
+    "val/clipfrac_avg": "value_clip_frac",
+    "policy/approxkl_avg": "approx_kl",
+    "policy/entropy_avg": "policy_entropy",
+    "lr": "lr",
+    "episode": "episode",
+}
+
+
+def build_config(recipe: Recipe, run_dir: Path) -> PPOConfig:
+    """TRL's PPOConfig from the recipe. Saving is ours (TRL's would omit the value model)."""
+    p = recipe.ppo
+    return PPOConfig(
+        output_dir=str(run_dir),
+        learning_rate=p.learning_rate,
+        per_device_train_batch_size=p.per_device_train_batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation_steps,
+        num_mini_batches=p.num_mini_batches,
+        num_ppo_epochs=p.num_ppo_epochs,
+        total_episodes=p.total_episodes,
+        response_length=p.response_length,
+        temperature=p.temperature,
+        kl_coef=p.kl_coef,
+        kl_estimator=p.kl_estimator,
+        cliprange=p.cliprange,
+        cliprange_value=p.cliprange_value,
+        vf_coef=p.vf_coef,
+        gamma=p.gamma,
+        lam=p.lam,
+        whiten_rewards=p.whiten_rewards,
+        missing_eos_penalty=p.missing_eos_penalty,
+        local_rollout_forward_batch_size=p.local_rollout_forward_batch_size,
+        lr_scheduler_type=p.lr_scheduler_type,
+        warmup_steps=p.warmup_steps,
+        seed=p.seed,
+        stop_token="eos",
+        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
+        fp16=False,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        save_strategy="no",
+        logging_steps=1,
+        num_sample_generations=0,
+        report_to=recipe.output.report_to or "none",
+        disable_tqdm=True,
+    )
+
+
+class TRLRewardModule(nn.Module):
+    """Any reward source, shaped as the reward model TRL's rollout calls.
+
+    TRL's ``get_reward`` calls ``getattr(model, model.base_model_prefix)`` on the
+    rollout ids and feeds ``hidden_states[-1]`` to ``model.score``, reading the
+    value at the last response token. The backbone here decodes the ids, scores
+    the texts, and returns each score broadcast over every position.
+    """
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, scorer: Scorer, prompts: PromptSet, tokenizer):
+        super().__init__()
+        self.scorer, self.lookup, self.tokenizer = scorer, prompts.lookup, tokenizer
+        self.records: list[dict] = []  # rollout records since the last drain
+        self.score = nn.Identity()
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # lets TRL call .to(device)
+
+    def backbone(self, input_ids, attention_mask, **_):
+        prompts, responses, metadata, lengths = [], [], [], []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            row, response_ids = self.lookup.split([t for t, m in zip(ids, mask) if m])
+            prompts.append(row.text)
+            responses.append(self.tokenizer.decode(response_ids, skip_special_tokens=True))
+            metadata.append(row.metadata)
+            lengths.append(len(response_ids))
+        scores = self.scorer(RewardBatch(input_ids, attention_mask, prompts, responses, metadata))
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=input_ids.device).reshape(-1)
+        if scores.numel() != len(responses):
+            raise ValueError(f"the reward returned {scores.numel()} scores for {len(responses)} responses")
+        for prompt, response, score, n in zip(prompts, responses, scores.tolist(), lengths):
+            self.records.append({"prompt": prompt, "response": response, "reward": score, "response_tokens": n})
+        return types.SimpleNamespace(hidden_states=(scores.view(-1, 1, 1).expand(-1, input_ids.shape[1], 1),))
+
+    def drain(self) -> list[dict]:
+        records, self.records = self.records, []
+        return records
+
+
+class GroupedSampler(Sampler):
+    """Prompt order: a fresh permutation per epoch from (seed, epoch), each prompt repeated
+    ``samples_per_prompt`` times in a row so its samples share a rollout batch.
+
+    Deterministic from the seed, so a resumed run continues the same sequence by
+    skipping what was consumed, instead of TRL's order drawn from the global RNG.
+    """
+
+    def __init__(self, num_prompts: int, samples_per_prompt: int, seed: int):
+        self.num_prompts, self.k, self.seed = num_prompts, samples_per_prompt, seed
+        self.epoch, self.skip = 0, 0
+
+    def __len__(self) -> int:
+        return self.num_prompts * self.k - self.skip
+
+    def __iter__(self):
+        order = torch.randperm(self.num_prompts, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        indices = [i for i in order.tolist() for _ in range(self.k)][self.skip:]
+        self.epoch, self.skip = self.epoch + 1, 0
+        yield from indices
+
+    def seek(self, batches_done: int, batch_size: int) -> None:
+        per_epoch = (self.num_prompts * self.k) // batch_size  # the loader drops the ragged last batch
+        self.epoch, self.skip = divmod(batches_done, per_epoch)
+        self.skip *= batch_size
+
+
+class RunCallback(TrainerCallback):
+    """Logs, guards, checkpoints and the resume counters, around TRL's loop."""
+
+    def __init__(self, run: "PPORun"):
+        self.run = run
+        self.restore: dict | None = None
+        self.step_started = time.perf_counter()
+        self.fingerprint: float | None = None
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.restore:  # TRL reset these just before calling us
+            for key, value in self.restore.items():
+                setattr(state, key, value)
+            self.restore = None
+        self.fingerprint = self.run.policy_fingerprint()
+        self.progress = self.run.progress_bar(state.max_steps, state.global_step)
+        self.step_started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        run = self.run
+        records = run.reward.drain()
+        metrics = {"step": state.global_step}
+        metrics.update({ours: logs[theirs] for theirs, ours in METRIC_NAMES.items() if theirs in logs})
+        rewards = torch.tensor([r["reward"] for r in records]) if records else torch.zeros(0)
+        metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
+        elapsed = time.perf_counter() - self.step_started
+        metrics["step_time_s"] = round(elapsed, 3)
+        metrics["tokens_per_s"] = round(sum(r["response_tokens"] for r in records) / elapsed, 2) if elapsed else None
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise TrainingStopped(run.stop_message(state.global_step, f"non-finite {', '.join(bad)}",
+                                                   "lower ppo.learning_rate or check the reward for NaN/inf"))
+        run.append_jsonl("metrics.jsonl", metrics)
+        if state.global_step % run.recipe.output.sample_every == 0 or state.global_step == 1:
+            for record in records[: run.recipe.rollout_batch_size]:
+                run.append_jsonl("samples.jsonl", {"step": state.global_step, **record})
+        max_kl = run.recipe.ppo.max_kl
+        if max_kl is not None and metrics.get("kl", 0.0) > max_kl:
+            raise TrainingStopped(run.stop_message(state.global_step, f"KL {metrics['kl']:.3f} exceeded ppo.max_kl = {max_kl}",
+                                                   "raise ppo.kl_coef or lower ppo.learning_rate"))
+        if self.progress is not None:
+            self.progress(state.global_step, metrics)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        run = self.run
+        fingerprint = run.policy_fingerprint()
+        if fingerprint == self.fingerprint:
+            log.warning("PPO update %d left every policy LoRA weight unchanged: the policy is not learning "
+                        "(on CPU, see models.keep_4bit_gradients_on_cpu)", state.global_step)
+        self.fingerprint = fingerprint
+        if state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps:
+            run.save(state)
+        self.step_started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress(None, None)
+
+
+class PPORun:
+    """One PPO run over TRL's trainer: build, (resume,) train, checkpoint."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, policy, value_model, scorer: Scorer,
+                 prompts: PromptSet, progress_factory=None):
+        self.recipe, self.run_dir = recipe, run_dir
+        self.reward = TRLRewardModule(scorer, prompts, tokenizer)
+        self.callback = RunCallback(self)
+        self._progress_factory = progress_factory
+        self.trainer = PPOTrainer(
+            args=build_config(recipe, run_dir),
+            processing_class=tokenizer,
+            model=policy,  # a PeftModel: with ref_model=None, TRL's reference is this model with adapters disabled
+            ref_model=None,
+            reward_model=self.reward,
+            value_model=value_model,
+            train_dataset=prompts.dataset(),
+            callbacks=[self.callback],
+        )
+        for noisy in (PrinterCallback, ProgressCallback):
+            self.trainer.remove_callback(noisy)
+        accelerator = self.trainer.accelerator
+        # Replace TRL's shuffled loader (same batch size, collator and drop_last) with a resumable order.
+        self.sampler = GroupedSampler(len(prompts.input_ids), recipe.ppo.samples_per_prompt, recipe.ppo.seed)
+        self.trainer.dataloader = accelerator.prepare(DataLoader(
+            self.trainer.train_dataset,
+            batch_size=self.trainer.local_dataloader_batch_size,
+            sampler=self.sampler,
+            collate_fn=self.trainer.data_collator,
+            drop_last=True,
+            # Without its own generator, every new DataLoader iterator draws a seed from the global
+            # torch RNG, which would shift the sampling stream of a resumed run.
+            generator=torch.Generator().manual_seed(recipe.ppo.seed),
+        ))
+        # Checkpoint state = optimizer, scheduler, RNG; model weights are saved as adapters instead
+        # (a full state dict would carry the 4-bit base).
+        accelerator.register_for_checkpointing(self.trainer.lr_scheduler)
+        accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: (models.clear(), weights.clear()))
+        accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+    # ----------------------------------------------------------------- parts
+    @property
+    def unwrapped(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    @property
+    def total_updates(self) -> int:
+        return self.trainer.args.num_total_batches
+
+    def policy_fingerprint(self) -> float:
+        with torch.no_grad():
+            return float(sum(p.double().abs().sum() for p in self.unwrapped.policy.parameters() if p.requires_grad))
+
+    def progress_bar(self, total: int, done: int):
+        return self._progress_factory(total, done) if self._progress_factory else None
+
+    def append_jsonl(self, name: str, record: dict) -> None:
+        with (self.run_dir / name).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def stop_message(self, step: int, why: str, fix: str) -> str:
+        last = checkpoints.latest_complete(self.run_dir)
+        kept = f"the last good checkpoint is {last.path.name}" if last else "no checkpoint was saved yet"
+        return f"training stopped at PPO update {step}: {why}; {kept}; fix: {fix}"
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self, state) -> checkpoints.Checkpoint:
+        def write(directory: Path) -> None:
+            self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR)
+            self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
+            self.trainer.accelerator.save_state(str(directory / checkpoints.STATE_DIR))
+
+        ckpt = checkpoints.write_checkpoint(
+            self.run_dir, state.global_step,
+            {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size},
+            write,
+        )
+        checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
+        return ckpt
+
+    def load(self, ckpt: checkpoints.Checkpoint) -> int:
+        """Restore adapters, optimizer, scheduler and RNG from a checkpoint; return the updates done."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        for module, part in ((self.unwrapped.policy, checkpoints.POLICY_DIR), (self.unwrapped.value_model, checkpoints.VALUE_DIR)):
+            set_peft_model_state_dict(module, load_file(ckpt.path / part / "adapter_model.safetensors"))
+        self.trainer.accelerator.load_state(str(ckpt.path / checkpoints.STATE_DIR))
+        # The optimizer state carries the learning rate of the saved schedule. If the run was extended
+        # (more ppo.total_episodes), the schedule's length changed: take the lr from the new schedule
+        # at the restored step, or a linear schedule that had decayed to 0 would freeze the policy.
+        scheduler = self.trainer.lr_scheduler
+        for group, lr in zip(self.trainer.optimizer.param_groups, scheduler.get_lr()):
+            group["lr"] = lr
+        scheduler._last_lr = [group["lr"] for group in self.trainer.optimizer.param_groups]
+        return int(ckpt.progress()["step"])
+
+    # ----------------------------------------------------------------- train
+    def train(self, resume_from: checkpoints.Checkpoint | None = None) -> None:
+        total = self.total_updates
+        done = self.load(resume_from) if resume_from else 0
+        if done >= total:
+            log.info("nothing to do: %s already reached %d of %d updates", resume_from.path.name, done, total)
+            return
+        if done:
+            self.sampler.seek(done, self.trainer.local_dataloader_batch_size)
+            self.callback.restore = {"global_step": done, "episode": done * self.trainer.args.batch_size, "max_steps": total}
+            self.trainer.args.num_total_batches = total - done  # TRL loops `for update in range(1, num_total_batches + 1)`
+        try:
+            self.trainer.train()
+        finally:
+            self.trainer.args.num_total_batches = total

@@ -1,0 +1,100 @@
+"""Training prompts: load a JSONL/CSV file, apply the chat template, tokenize, and
+remember which token ids belong to which row so rewards can see its metadata."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ppo_align.errors import UserError
+from ppo_align.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptRow:
+    text: str
+    metadata: dict
+
+
+class PromptLookup:
+    """Maps the token ids of a rollout back to (prompt row, response ids).
+
+    TRL hands reward models only token ids: prompt and response concatenated.
+    The split is found by *token position* — the longest known prompt that
+    prefixes the row — never by searching decoded text for chat markers,
+    which breaks when a sampled response itself starts a new chat turn.
+    """
+
+    def __init__(self, ids: list[list[int]], rows: list[PromptRow]):
+        self._by_ids = {tuple(i): row for i, row in zip(ids, rows)}
+        self._lengths = sorted({len(i) for i in ids}, reverse=True)
+
+    def split(self, tokens: list[int]) -> tuple[PromptRow, list[int]]:
+        for length in self._lengths:
+            row = self._by_ids.get(tuple(tokens[:length]))
+            if row is not None:
+                return row, tokens[length:]
+        raise KeyError("a rollout does not start with any training prompt")
+
+
+@dataclass
+class PromptSet:
+    input_ids: list[list[int]]
+    lookup: PromptLookup
+    dropped_too_long: int
+
+    def dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict({"input_ids": self.input_ids})
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat rendered with the model's template, ending with the assistant header."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # The template already wrote every special token; adding BOS again would change the prompt.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
+    """Read ``data.prompts``, render each prompt with the chat template, and tokenize it."""
+    from datasets import load_dataset
+
+    data = recipe.data
+    path = recipe.resolve_path(data.prompts)
+    kind = "csv" if path.suffix.lower() == ".csv" else "json"
+    try:
+        table = load_dataset(kind, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise UserError(f"data.prompts = {data.prompts!r}: cannot read {path.name} ({type(exc).__name__}: {exc})") from None
+    if data.prompt_field not in table.column_names:
+        raise UserError(
+            f"data.prompt_field = {data.prompt_field!r}: {path.name} has no such column "
+            f"(columns: {', '.join(table.column_names)}); fix: set data.prompt_field"
+        )
+    ids, rows, seen, dropped = [], [], set(), 0
+    for record in table:
+        text = record[data.prompt_field]
+        if not isinstance(text, str) or not text.strip():
+            continue
+        messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else []) + [
+            {"role": "user", "content": text}
+        ]
+        token_ids = encode_chat(tokenizer, messages)
+        if len(token_ids) > data.max_prompt_length:
+            dropped += 1
+            continue
+        if tokenizer.pad_token_id in token_ids:
+            raise UserError(f"data.prompts: prompt {text[:40]!r} contains the pad token; fix: choose another model.pad_token")
+        if tuple(token_ids) in seen:
+            continue  # duplicates would make metadata ambiguous; samples_per_prompt repeats on purpose
+        seen.add(tuple(token_ids))
+        ids.append(token_ids)
+        rows.append(PromptRow(text=text, metadata={k: v for k, v in record.items() if k != data.prompt_field}))
+    if dropped:
+        log.warning("dropped %d prompts longer than data.max_prompt_length = %d tokens", dropped, data.max_prompt_length)
+    if len(ids) < 1:
+        raise UserError(f"data.prompts = {data.prompts!r}: no usable prompts; fix: check the file and data.max_prompt_length")
+    return PromptSet(input_ids=ids, lookup=PromptLookup(ids, rows), dropped_too_long=dropped)

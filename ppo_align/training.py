@@ -1,0 +1,230 @@
+"""`ppo-align train`: the run directory around a PPO run.
+
+Creates or reopens ``runs/<name>/``, decides between a fresh start and a
+resume, records what was run (``recipe.yaml``, ``run.json``), loads the models,
+prompts and reward, and hands them to :mod:`ppo_align.ppo`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ppo_align import checkpoints
+from ppo_align.errors import UserError
+from ppo_align.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+ResumeMode = Literal["auto", "resume", "fresh"]
+RUN_FILES = ("metrics.jsonl", "samples.jsonl")
+# Keys that may change between a run and its resumption: how long to train, and where output goes.
+RESUMABLE_CHANGES = {("ppo", "total_episodes"), ("ppo", "max_kl"), ("output",)}
+
+
+@dataclass
+class RunResult:
+    """What `train` produced."""
+
+    dir: Path
+    steps: int
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, progress: bool = True) -> RunResult:
+    """Train a recipe with PPO, resuming its run directory if it has a complete checkpoint.
+
+    Args:
+        recipe: a loaded recipe (see :func:`ppo_align.load_recipe`).
+        resume: "auto" continues from the latest complete checkpoint if there is one;
+            "resume" requires one; "fresh" deletes the run's checkpoints and logs first.
+        force: reuse a run directory that was made by a different recipe.
+        progress: show a progress bar.
+
+    Returns:
+        The run directory, the number of PPO updates done, and the checkpoints.
+    """
+    run_dir = recipe.run_dir
+    start_from = _prepare_run_dir(recipe, run_dir, resume, force)
+    _write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    info = _run_info(recipe, start_from)
+    _write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+
+    from transformers import set_seed
+
+    from ppo_align import models
+    from ppo_align.ppo import PPORun
+    from ppo_align.prompts import load_prompts
+    from ppo_align.rewards import build_scorer
+
+    model_dir = models.resolve_model_dir(recipe.model.source)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    prompts = load_prompts(recipe, tokenizer)
+    scorer = build_scorer(recipe, tokenizer)
+    set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
+    log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
+    policy = models.load_policy(recipe.model, model_dir, tokenizer)
+    value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
+    run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
+                 progress_factory=_progress_bar if progress else None)
+    if start_from:
+        log.info("resuming %s from %s", run_dir, start_from.path.name)
+    info["status"] = "running"
+    try:
+        run.train(resume_from=start_from)
+        info["status"] = "finished"
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except Exception as exc:
+        info["status"] = f"failed: {type(exc).__name__}"
+        raise
+    finally:
+        info["ended"] = _now()
+        last = checkpoints.latest_complete(run_dir)
+        info["last_checkpoint"] = last.path.name if last else None
+        _write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    done = [c.path for c in checkpoints.find_checkpoints(run_dir) if c.complete]
+    return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done)
+
+
+def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool) -> checkpoints.Checkpoint | None:
+    saved = run_dir / "recipe.yaml"
+    if resume == "fresh" and run_dir.exists():
+        for ckpt in checkpoints.find_checkpoints(run_dir):
+            shutil.rmtree(ckpt.path)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    elif saved.exists() and not force:
+        changed = _changed_keys(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
+        if changed:
+            raise UserError(
+                f"{run_dir}: was made by a different recipe (changed: {', '.join(changed[:5])}); "
+                "fix: set output.name to a new run, pass --fresh to start over, or --force to continue anyway"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = checkpoints.latest_complete(run_dir)
+    if resume == "resume" and latest is None:
+        raise UserError(f"{run_dir}: no complete checkpoint to resume from; fix: drop --resume to start the run")
+    if latest is not None:
+        _truncate_logs(run_dir, latest.step)
+    elif resume != "fresh":
+        for name in RUN_FILES:  # logs of a run that never reached a checkpoint
+            (run_dir / name).unlink(missing_ok=True)
+    return latest
+
+
+def _changed_keys(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        path = prefix + (key,)
+        if any(path[: len(allowed)] == allowed for allowed in RESUMABLE_CHANGES):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, path)
+        elif a != b:
+            changed.append(".".join(path))
+    return changed
+
+
+def _truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop log lines past the checkpoint we resume from, so metrics stay continuous."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+        _write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_info(recipe: Recipe, start_from) -> dict:
+    packages = ["ppo-align", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"]
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "name": recipe.name,
+        "started": _now(),
+        "resumed_from": start_from.path.name if start_from else None,
+        "versions": versions,
+        "git_revision": _git_revision(),
+        "model_source": recipe.model.source,
+        "model_fingerprint": model_fingerprint(recipe.model.source),
+    }
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def model_fingerprint(source: str) -> str:
+    """Identifies the base weights: the GGUF hash for embedded models, else config + weight file names and sizes."""
+    from ppo_align import embedded
+
+    if embedded.is_embedded_source(source):
+        return "gguf-sha256:" + embedded.fingerprint(embedded.locate_gguf(embedded.lookup(source)))
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return f"hub:{source}"
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+        elif file.suffix in {".safetensors", ".bin"}:
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return "dir-sha256:" + digest.hexdigest()
+
+
+def _progress_bar(total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"), transient=False,
+    )
+    task = bar.add_task("ppo", total=total, completed=done, stats="")
+    bar.start()
+
+    def update(step, metrics):
+        if step is None:
+            bar.stop()
+            return
+        stats = f"reward {metrics.get('reward_mean', float('nan')):+.3f}  kl {metrics.get('kl', float('nan')):.3f}"
+        bar.update(task, completed=step, stats=stats)
+
+    return update

@@ -1,0 +1,230 @@
+"""PPO on a tiny model through the real TRL trainer, 4-bit loading and LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ppo_align import UserError, load_recipe
+from ppo_align.checkpoints import COMPLETE, latest_complete
+from ppo_align.errors import TrainingStopped
+from ppo_align.training import train
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_updates_write_the_run_layout(tiny_recipe):
+    result = train(load_recipe(tiny_recipe), progress=False)
+    run = result.dir
+    assert result.steps == 2
+    assert (run / "recipe.yaml").is_file()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["versions"]["trl"].startswith("1.12")
+    assert info["model_fingerprint"].startswith("dir-sha256:")
+    metrics = _read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for key in ("reward_mean", "reward_std", "kl", "entropy", "non_score_reward", "policy_loss", "value_loss",
+                "clip_frac", "lr", "step_time_s", "tokens_per_s"):
+        assert key in metrics[0], key
+    samples = _read_jsonl(run / "samples.jsonl")
+    assert samples and {"prompt", "response", "reward", "step"} <= set(samples[0])
+    ckpt = run / "checkpoint-2"
+    assert (ckpt / COMPLETE).is_file()
+    assert (ckpt / "policy" / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    value = load_file(ckpt / "value" / "adapter_model.safetensors")
+    assert any("score" in k for k in value), "the value head must be saved with the value adapter"
+    assert any("lora_" in k for k in value)
+    assert (ckpt / "state" / "optimizer.bin").is_file()
+    assert json.loads((ckpt / "progress.json").read_text())["step"] == 2
+
+
+def test_samples_of_a_prompt_share_a_rollout_batch(tiny_recipe):
+    result = train(load_recipe(tiny_recipe), progress=False)
+    samples = _read_jsonl(result.dir / "samples.jsonl")
+    for step in {s["step"] for s in samples}:
+        prompts = [s["prompt"] for s in samples if s["step"] == step]
+        assert all(prompts.count(p) == 2 for p in prompts), prompts
+
+
+INTERRUPTING_REWARD = """
+import pathlib
+MARKER = pathlib.Path(__file__).with_name("interrupt-at-update-3")
+calls = {"n": 0}
+
+def reward(prompts, responses, metadata):
+    calls["n"] += 1
+    if calls["n"] == 3 and MARKER.exists():
+        raise KeyboardInterrupt  # as if Ctrl-C arrived during the third rollout
+    return [float(len(r) % 3) for r in responses]
+"""
+
+
+def test_interrupted_run_resumes_exactly(tiny_recipe, tmp_path):
+    """4 updates straight vs 2 + Ctrl-C + resume: same steps, same metrics, same learning-rate schedule."""
+    (tmp_path / "interrupting.py").write_text(INTERRUPTING_REWARD)
+    tiny_recipe["reward"] = {"source": "function", "function": str(tmp_path / "interrupting.py") + ":reward"}
+    tiny_recipe["ppo"]["total_episodes"] = 16  # 4 updates, checkpoints at 2 and 4
+    straight = train(load_recipe(tiny_recipe), progress=False)
+    straight_metrics = _read_jsonl(straight.dir / "metrics.jsonl")
+
+    tiny_recipe["output"]["name"] = "interrupted"
+    (tmp_path / "interrupt-at-update-3").touch()
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(tiny_recipe), progress=False)
+    run_dir = load_recipe(tiny_recipe).run_dir
+    assert latest_complete(run_dir).step == 2
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+    (tmp_path / "interrupt-at-update-3").unlink()
+    resumed = train(load_recipe(tiny_recipe), progress=False)
+    assert json.loads((resumed.dir / "run.json").read_text())["resumed_from"] == "checkpoint-2"
+    metrics = _read_jsonl(resumed.dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for a, b in zip(straight_metrics, metrics):
+        for key in ("reward_mean", "kl", "policy_loss", "value_loss", "lr", "episode"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+def test_extending_a_finished_run_keeps_learning(tiny_recipe, caplog):
+    train(load_recipe(tiny_recipe), progress=False)  # 2 updates; the linear schedule ends at lr 0
+    tiny_recipe["ppo"]["total_episodes"] = 16
+    result = train(load_recipe(tiny_recipe), progress=False)
+    metrics = _read_jsonl(result.dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[2]["lr"] > 0
+    assert "unchanged" not in caplog.text
+
+
+def test_resume_restores_optimizer_state(tiny_recipe):
+    from ppo_align import models
+    from ppo_align.ppo import PPORun
+    from ppo_align.prompts import load_prompts
+    from ppo_align.rewards import build_scorer
+
+    recipe = load_recipe(tiny_recipe)
+    train(recipe, progress=False)
+    ckpt = latest_complete(recipe.run_dir)
+    model_dir = models.resolve_model_dir(recipe.model.source)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    prompts = load_prompts(recipe, tokenizer)
+    run = PPORun(recipe, recipe.run_dir, tokenizer, models.load_policy(recipe.model, model_dir, tokenizer),
+                 models.load_value_model(recipe.model, None, model_dir, tokenizer), build_scorer(recipe, tokenizer), prompts)
+    assert not run.trainer.optimizer.state_dict()["state"], "a fresh optimizer has no moments"
+    assert run.load(ckpt) == 2
+    state = run.trainer.optimizer.state_dict()["state"]
+    assert state and all(int(s["step"]) == 2 for s in state.values())
+    assert run.trainer.lr_scheduler.last_epoch == 2
+
+
+def test_reference_is_the_base_and_policy_moves(tiny_recipe, tiny_model_dir):
+    """The reference (adapters disabled) equals the plain 4-bit base before and after training;
+    the policy's LoRA weights and outputs move. Fails if bitsandbytes' CPU path stops gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from ppo_align import models
+    from ppo_align.ppo import PPORun
+    from ppo_align.prompts import encode_chat, load_prompts
+    from ppo_align.rewards import build_scorer
+
+    recipe = load_recipe(tiny_recipe)
+    model_dir = str(tiny_model_dir)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    plain = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=models.quantization_config(recipe.model))
+    policy = models.load_policy(recipe.model, model_dir, tokenizer)
+    ids = torch.tensor([encode_chat(tokenizer, [{"role": "user", "content": "hello there"}])])
+
+    def logits(model):
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    base = logits(plain)
+    with policy.disable_adapter():
+        assert torch.equal(logits(policy), base)
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+    policy_before = logits(policy)
+
+    run = PPORun(recipe, recipe.run_dir, tokenizer, policy, models.load_value_model(recipe.model, None, model_dir, tokenizer),
+                 build_scorer(recipe, tokenizer), load_prompts(recipe, tokenizer))
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    run.train()
+
+    policy = run.unwrapped.policy
+    changed = [n for n, p in policy.named_parameters() if "lora_" in n and not torch.equal(p.detach(), lora_before[n])]
+    assert len(changed) == len(lora_before), f"only {len(changed)} of {len(lora_before)} LoRA tensors changed"
+    with policy.disable_adapter():
+        assert torch.equal(logits(policy), base), "the reference drifted from the base"
+    assert not torch.allclose(logits(policy), policy_before), "the policy did not move"
+
+
+def test_reward_model_drives_a_step(tiny_recipe, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir)}
+    tiny_recipe["ppo"]["total_episodes"] = 4
+    result = train(load_recipe(tiny_recipe), progress=False)
+    metrics = _read_jsonl(result.dir / "metrics.jsonl")
+    assert len(metrics) == 1 and metrics[0]["reward_std"] > 0
+
+
+def test_reward_model_with_another_tokenizer_is_refused(tiny_recipe, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(rm_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens(["<extra-token>"])
+    tok.save_pretrained(rm_dir)
+    tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir)}
+    with pytest.raises(UserError, match="must share the policy's tokenizer"):
+        train(load_recipe(tiny_recipe), progress=False)
+
+
+def test_nan_reward_stops_and_keeps_last_good_checkpoint(tiny_recipe, tmp_path):
+    (tmp_path / "nan_reward.py").write_text(
+        "import json, pathlib\n"
+        "calls = {'n': 0}\n"
+        "def reward(prompts, responses, metadata):\n"
+        "    calls['n'] += 1\n"
+        "    return [float('nan') if calls['n'] > 2 else 1.0] * len(responses)\n"
+    )
+    tiny_recipe["reward"] = {"source": "function", "function": str(tmp_path / "nan_reward.py") + ":reward"}
+    tiny_recipe["ppo"].update(total_episodes=16, save_steps=1, local_rollout_forward_batch_size=4)
+    recipe = load_recipe(tiny_recipe)
+    with pytest.raises(TrainingStopped, match="non-finite reward_mean.*checkpoint-2"):
+        train(recipe, progress=False)
+    assert latest_complete(recipe.run_dir).step == 2
+
+
+def test_max_kl_guard(tiny_recipe):
+    tiny_recipe["ppo"].update(max_kl=1e-9, learning_rate=0.05, total_episodes=16)
+    with pytest.raises(TrainingStopped, match="ppo.max_kl"):
+        train(load_recipe(tiny_recipe), progress=False)
+
+
+def test_different_recipe_refuses_the_run_dir(tiny_recipe):
+    train(load_recipe(tiny_recipe), progress=False)
+    tiny_recipe["ppo"]["kl_coef"] = 0.5
+    with pytest.raises(UserError, match="different recipe.*ppo.kl_coef"):
+        train(load_recipe(tiny_recipe), progress=False)
+    train(load_recipe(tiny_recipe), progress=False, force=True)  # allowed when forced
+
+
+def test_fresh_and_resume_modes(tiny_recipe):
+    recipe = load_recipe(tiny_recipe)
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        train(recipe, resume="resume", progress=False)
+    train(recipe, progress=False)
+    result = train(recipe, resume="fresh", progress=False)
+    assert json.loads((result.dir / "run.json").read_text())["resumed_from"] is None
+    assert len(_read_jsonl(result.dir / "metrics.jsonl")) == 2
