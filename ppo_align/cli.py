@@ -135,7 +135,10 @@ def train(
 
 def main() -> None:
     """Console entry point: turns UserError into one line per problem and exit code 2."""
-    debug = "--debug" in sys.argv
+    # Accept --debug anywhere on the line (users append it after a failure), not only before the command.
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
         app()
     except UserError as exc:

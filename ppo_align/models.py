@@ -9,6 +9,7 @@ never loaded at all.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from ppo_align import embedded
@@ -99,6 +100,17 @@ def keep_4bit_gradients_on_cpu(model) -> int:
     return switched
 
 
+@contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load(auto_class, section: ModelSection, model_dir: str, **kwargs):
     import torch
 
@@ -144,6 +156,8 @@ def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, t
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    base = _load(AutoModelForSequenceClassification, section, model_dir, num_labels=1)
+    # The score head is new by design; transformers would report it as "MISSING" from the checkpoint.
+    with _quiet("transformers.modeling_utils"):
+        base = _load(AutoModelForSequenceClassification, section, model_dir, num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
     return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import types
 from pathlib import Path
@@ -28,7 +29,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+# We pin TRL to the release that has this module and isolate it here; its "experimental" warning
+# on every import tells users nothing they can act on.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints
 from ppo_align.errors import TrainingStopped

@@ -129,8 +129,9 @@ class PPOSection(Section):
     """Sampling temperature of rollouts."""
     kl_coef: float = Field(0.1, ge=0)
     """Weight of the KL penalty to the reference: the brake."""
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    """KL estimator: k1 is unbiased but can go negative per token; k3 is non-negative, lower variance."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    """KL estimator. k3 (default) is unbiased, never negative and lower-variance; k1 is unbiased but its
+    per-sample values can go negative, which reads as a broken brake in the logs."""
     max_kl: float | None = Field(None, gt=0)
     """Stop the run (keeping the last good checkpoint) when the mean KL to the reference exceeds this."""
     cliprange: float = Field(0.2, gt=0)

@@ -65,3 +65,12 @@ def test_entry_point_exit_code_2():
     )
     assert result.returncode == 2
     assert "ppo.learning_rate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_debug_flag_anywhere_shows_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "ppo_align.cli", "validate", str(REPO / "tests/broken_recipes/lr_negative.yaml"), "--debug"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "UserError" in result.stderr
