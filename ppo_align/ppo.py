@@ -16,6 +16,7 @@ the policy. We add, without copying its loop:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -333,7 +334,12 @@ class PPORun:
             self.sampler.seek(done, self.trainer.local_dataloader_batch_size)
             self.callback.restore = {"global_step": done, "episode": done * self.trainer.args.batch_size, "max_steps": total}
             self.trainer.args.num_total_batches = total - done  # TRL loops `for update in range(1, num_total_batches + 1)`
+        # TRL runs gc.collect() twice per update; with the models' many long-lived objects moved to the
+        # permanent generation those collections become cheap (measured: ~70% of a tiny model's update time).
+        gc.collect()
+        gc.freeze()
         try:
             self.trainer.train()
         finally:
+            gc.unfreeze()
             self.trainer.args.num_total_batches = total

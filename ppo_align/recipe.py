@@ -26,9 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from ppo_align import embedded
 from ppo_align.errors import UserError
-
-SHIPPED_DIR_NAME = "recipes"
-
+from ppo_align.resources import shipped_dir
 
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, assignments are validated."""
@@ -616,19 +614,10 @@ class ShippedRecipe(BaseModel):
     description: str
 
 
-def shipped_recipes_dir() -> Path:
-    """The shipped recipes: inside the wheel, or the repository's recipes/ in an editable install."""
-    package = Path(__file__).parent
-    for candidate in (package / "_shipped" / SHIPPED_DIR_NAME, package.parent / SHIPPED_DIR_NAME):
-        if candidate.is_dir():
-            return candidate
-    return package.parent / SHIPPED_DIR_NAME
-
-
 def shipped_recipes() -> list[ShippedRecipe]:
     """Every recipe shipped with the package, with its one-line description."""
     found = []
-    for path in sorted(shipped_recipes_dir().glob("*.yaml")):
+    for path in sorted(shipped_dir("recipes").glob("*.yaml")):
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError:
