@@ -28,8 +28,11 @@ __all__ = [
 ]
 
 
-def train(recipe, *, resume: str = "auto", force: bool = False):
-    """Run PPO for a recipe; see :func:`ppo_align.training.train`."""
+def train(recipe, **options):
+    """Run PPO for a recipe (options: resume, force, progress); see :func:`ppo_align.training.train`.
+
+    Defined here rather than imported so that ``import ppo_align`` does not load torch or TRL.
+    """
     from ppo_align.training import train as _train
 
-    return _train(recipe, resume=resume, force=force)
+    return _train(recipe, **options)

@@ -50,3 +50,12 @@ def judge_response(response: str) -> Label:
 
 def judge_responses(responses: list[str]) -> list[Label]:
     return [judge_response(r) for r in responses]
+
+
+def answer_matches(response: str, answers: list[str]) -> bool:
+    """Whether a knowledge answer appears in the response: any accepted form, case-insensitive,
+    as a whole word or phrase (so "12" does not match "120", nor "Rome" match "Romeo")."""
+    text = " ".join(response.lower().split())
+    return any(
+        re.search(rf"(?<!\w){re.escape(' '.join(a.lower().split()))}(?!\w)", text) for a in answers if a.strip()
+    )

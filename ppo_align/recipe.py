@@ -518,7 +518,19 @@ def resource_problems(recipe: Recipe) -> list[str]:
     elif prompts.suffix.lower() not in {".jsonl", ".json", ".csv"}:
         problems.append(f"data.prompts = {recipe.data.prompts!r}: expected a .jsonl or .csv file")
     problems += _reward_problems(recipe)
+    problems += _evalset_problems(recipe)
     return problems
+
+
+def _evalset_problems(recipe: Recipe) -> list[str]:
+    from ppo_align.evalsets import shipped_evalsets
+
+    shipped = shipped_evalsets()
+    return [
+        f"eval.sets[{i}] = {name!r}: neither a shipped set ({', '.join(shipped)}) nor a file; fix: check the name or path"
+        for i, name in enumerate(recipe.eval.sets)
+        if name not in shipped and not recipe.resolve_path(name).is_file()
+    ]
 
 
 def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:

@@ -30,3 +30,37 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert (run / "checkpoint-2" / "COMPLETE").is_file()
+
+
+def test_knowledge_control_is_answerable_by_the_embedded_model():
+    """A control set the model scores 0% on controls nothing: greedy accuracy must be clearly above zero.
+
+    Prints the accuracy; evalsets/DATASHEET.md reports it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ppo_align.embedded import ensure_embedded_model
+    from ppo_align.evalsets import load_evalset
+    from ppo_align.judges import answer_matches
+    from ppo_align.prompts import encode_chat
+
+    path = ensure_embedded_model("embedded:smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    items = load_evalset("knowledge").items
+    correct = 0
+    for start in range(0, len(items), 32):
+        batch = items[start:start + 32]
+        ids = [encode_chat(tokenizer, [{"role": "user", "content": i.prompt}]) for i in batch]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long()
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
+        for item, row in zip(batch, out[:, width:]):
+            correct += answer_matches(tokenizer.decode(row, skip_special_tokens=True), item.answers)
+    accuracy = correct / len(items)
+    print(f"knowledge greedy accuracy of the embedded model: {correct}/{len(items)} = {accuracy:.1%}")
+    assert accuracy >= 0.25

@@ -1,0 +1,162 @@
+"""Eval sets: the prompts the harness asks, loaded and validated.
+
+Shipped sets live in ``evalsets/`` (see its DATASHEET.md); ``manifest.yaml``
+there gives each a version and the sha256 of its content, which results record
+so two numbers are only compared when they were measured on the same prompts.
+Users can point at their own JSONL or CSV files with the same columns.
+
+Prompt sets (refusal, boundary, knowledge, benign) hold :class:`EvalItem` rows;
+``judge_validation`` holds :class:`JudgeExample` rows (a response and its gold label).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ppo_align.errors import UserError
+from ppo_align.resources import shipped_dir
+
+MANIFEST = "manifest.yaml"
+
+
+class EvalItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    expected: Literal["refuse", "comply", "answer"]
+    contrast_id: str | None = None
+    """Pairs a safe boundary prompt with its unsafe twin of the same surface form."""
+    answers: list[str] | None = None
+    """Accepted answers of a knowledge question (any one counts)."""
+
+
+class JudgeExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    label: Literal["comply", "refuse", "partial"]
+    case: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    version: str
+    sha256: str
+    path: Path
+    items: list
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def by_category(self) -> dict[str, list]:
+        groups: dict[str, list] = {}
+        for item in self.items:
+            groups.setdefault(getattr(item, "category", None) or getattr(item, "case"), []).append(item)
+        return groups
+
+
+def shipped_evalsets() -> dict[str, dict]:
+    """The manifest of shipped sets: name -> {file, version, sha256, description}."""
+    path = shipped_dir("evalsets") / MANIFEST
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def load_evalset(name_or_path: str | Path) -> EvalSet:
+    """Load and validate a shipped set by name, or a JSONL/CSV file.
+
+    Raises:
+        UserError: listing every invalid row (file:line: problem).
+    """
+    manifest = shipped_evalsets()
+    if str(name_or_path) in manifest:
+        entry = manifest[str(name_or_path)]
+        path = shipped_dir("evalsets") / entry["file"]
+        name, version = str(name_or_path), str(entry["version"])
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"eval set {str(name_or_path)!r}: neither a shipped set ({', '.join(manifest)}) nor a file; "
+                            "fix: check the name or path")
+        name, version = path.stem, "user"
+    rows = _read_rows(path)
+    model = JudgeExample if rows and "response" in rows[0][1] else EvalItem
+    items, problems = [], []
+    for line, row in rows:
+        try:
+            items.append(model.model_validate(row))
+        except ValidationError as exc:
+            for err in exc.errors():
+                key = ".".join(str(p) for p in err["loc"]) or "(row)"
+                problems.append(f"{path}:{line}: {key}: {err['msg']}")
+    problems += _set_problems(path, rows, items)
+    if problems:
+        raise UserError(*problems[:20], *([f"{path}: ... and {len(problems) - 20} more problems"] if len(problems) > 20 else []))
+    return EvalSet(name=name, version=version, sha256=file_sha256(path), path=path, items=items)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = []
+        for i, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            if row.get("answers"):
+                row["answers"] = [a.strip() for a in row["answers"].split("|") if a.strip()]
+            rows.append((i, {k: v for k, v in row.items() if v not in ("", None)}))
+        return rows
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{i}: invalid JSON ({exc.msg}); fix: one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object per line")
+        rows.append((i, row))
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def _set_problems(path: Path, rows: list[tuple[int, dict]], items: list) -> list[str]:
+    """Rules across rows: unique ids, contrast pairs that point at each other, answers where needed."""
+    problems = []
+    line_of = {row.get("id"): line for line, row in rows}
+    seen: set[str] = set()
+    by_id = {item.id: item for item in items}
+    for item in items:
+        where = f"{path}:{line_of.get(item.id, '?')}"
+        if item.id in seen:
+            problems.append(f"{where}: id {item.id!r} is used twice")
+        seen.add(item.id)
+        if not isinstance(item, EvalItem):
+            continue
+        if item.expected == "answer" and not item.answers:
+            problems.append(f"{where}: expected 'answer' needs a non-empty `answers` list")
+        if item.contrast_id is not None:
+            twin = by_id.get(item.contrast_id)
+            if twin is None:
+                problems.append(f"{where}: contrast_id {item.contrast_id!r} names no row in this set")
+            elif twin.contrast_id != item.id:
+                problems.append(f"{where}: contrast pair is one-sided ({item.contrast_id!r} does not point back)")
+            elif twin.expected == item.expected:
+                problems.append(f"{where}: contrast twins must differ in `expected` (both {item.expected!r})")
+    return problems

@@ -1,0 +1,113 @@
+"""Every shipped eval set loads, validates, matches its manifest hash, and meets its size contract."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ppo_align import UserError
+from ppo_align.evalsets import EvalItem, JudgeExample, file_sha256, load_evalset, shipped_evalsets
+from ppo_align.judges import answer_matches
+
+from conftest import REPO
+
+# name -> (minimum rows, minimum categories) as the eval-set contract promises (see evalsets/DATASHEET.md).
+CONTRACT = {"refusal": (120, 8), "boundary": (400, 10), "knowledge": (150, 8), "benign": (80, 8),
+            "judge_validation": (300, 10)}
+
+
+def test_manifest_lists_every_set():
+    assert set(shipped_evalsets()) == set(CONTRACT)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_shipped_set_loads_and_matches_manifest(name):
+    entry = shipped_evalsets()[name]
+    evalset = load_evalset(name)
+    assert evalset.version == str(entry["version"]) and entry.get("description")
+    assert evalset.sha256 == entry["sha256"], (
+        f"{entry['file']} changed: bump its version in evalsets/manifest.yaml and set sha256: {evalset.sha256}"
+    )
+    minimum, categories = CONTRACT[name]
+    assert len(evalset) >= minimum
+    assert len(evalset.by_category()) >= categories
+
+
+def test_refusal_and_benign_expectations():
+    assert all(i.expected == "refuse" for i in load_evalset("refusal").items)
+    assert all(i.expected == "comply" for i in load_evalset("benign").items)
+    assert all(i.expected == "answer" and i.answers for i in load_evalset("knowledge").items)
+
+
+def test_boundary_prompts_are_paired_with_unsafe_twins():
+    items = load_evalset("boundary").items
+    safe = [i for i in items if i.expected == "comply"]
+    assert len(safe) >= 200
+    assert all(i.contrast_id for i in items)
+    twins = {i.id: i for i in items}
+    assert all(twins[i.contrast_id].expected == "refuse" and twins[i.contrast_id].category == i.category for i in safe)
+
+
+def test_judge_validation_covers_all_labels():
+    examples = load_evalset("judge_validation").items
+    assert all(isinstance(e, JudgeExample) for e in examples)
+    labels = {e.label for e in examples}
+    assert labels == {"comply", "refuse", "partial"}
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def test_no_prompt_is_shared_between_sets_or_with_training_data():
+    training = [json.loads(line)["prompt"] for line in
+                (REPO / "recipes" / "data" / "refusal-boundary-train.jsonl").read_text().splitlines()]
+    seen = {_normalise(p): "training" for p in training}
+    for name in ("refusal", "boundary", "knowledge", "benign"):
+        for item in load_evalset(name).items:
+            key = _normalise(item.prompt)
+            assert key not in seen, f"{name}:{item.id} repeats a prompt of {seen[key]}"
+            seen[key] = f"{name}:{item.id}"
+
+
+def test_broken_set_reports_every_problem_with_line(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "a", "prompt": "p", "category": "c", "expected": "comply", "contrast_id": "b"},
+        {"id": "b", "prompt": "q", "category": "c", "expected": "comply", "contrast_id": "a"},
+        {"id": "a", "prompt": "r", "category": "c", "expected": "maybe"},
+        {"id": "k", "prompt": "s", "category": "c", "expected": "answer"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError) as info:
+        load_evalset(path)
+    text = str(info.value)
+    assert f"{path}:3: expected" in text
+    assert "must differ in `expected`" in text
+    assert "needs a non-empty `answers`" in text
+
+
+def test_user_csv_set(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("id,prompt,category,expected,answers\nq1,Capital of Peru?,geo,answer,Lima|lima city\n")
+    evalset = load_evalset(path)
+    assert isinstance(evalset.items[0], EvalItem) and evalset.items[0].answers == ["Lima", "lima city"]
+    assert evalset.version == "user" and len(evalset.sha256) == 64
+
+
+def test_unknown_set_names_the_shipped_ones():
+    with pytest.raises(UserError, match="refusal"):
+        load_evalset("nope")
+
+
+@pytest.mark.parametrize("response, answers, expected", [
+    ("The capital is Paris.", ["Paris"], True),
+    ("It has 120 legs", ["12"], False),
+    ("Romeo and Juliet", ["Rome"], False),
+    ("twelve of them", ["12", "twelve"], True),
+    ("William  Shakespeare wrote it", ["william shakespeare"], True),
+])
+def test_answer_matching(response, answers, expected):
+    assert answer_matches(response, answers) is expected
