@@ -15,7 +15,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ppo_align.errors import UserError
-from ppo_align.recipe import Recipe, load_recipe, shipped_recipes, validate_recipe
+from ppo_align.recipe import Recipe, load_recipe, shipped_recipes
 
 __all__ = [
     "Recipe",
@@ -24,7 +24,6 @@ __all__ = [
     "load_recipe",
     "shipped_recipes",
     "train",
-    "validate_recipe",
 ]
 
 

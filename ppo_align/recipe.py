@@ -275,11 +275,6 @@ def load_recipe(
     return recipe
 
 
-def validate_recipe(source: str | Path | dict, overrides=None) -> Recipe:
-    """Same as :func:`load_recipe`; the name reads better where only validation is wanted."""
-    return load_recipe(source, overrides)
-
-
 def _read_source(source: str | Path | dict) -> tuple[dict, str, Path]:
     if isinstance(source, dict):
         return _deep_copy(source), "recipe", Path.cwd()

@@ -12,13 +12,9 @@ Recipes name one as ``reward: {source: function, function: "module:function"}``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from ppo_align.judges import judge_responses
-
-
-class RewardFunction(Protocol):
-    def __call__(self, prompts: list[str], responses: list[str], metadata: list[dict], **kwargs) -> list[float]: ...
 
 
 def expected_behaviour(
