@@ -75,6 +75,7 @@ def validate(
     """Check recipes without running them: types, ranges, unknown keys, batch sizes, files, model metadata.
 
     Every problem is listed, one per line. Exit code 0 when all are valid, 2 otherwise.
+    Example: `ppo-align validate recipes/*.yaml --set ppo.learning_rate=1e-5`.
     """
     from ppo_align.recipe import load_recipe
 
@@ -121,7 +122,12 @@ def train(
 ) -> None:
     """Train with PPO: 4-bit LoRA policy, disabled-adapter reference, LoRA value model.
 
-    Re-running on an existing run continues from its latest complete checkpoint.
+    Writes runs/NAME/ (recipe.yaml, run.json, metrics.jsonl, samples.jsonl, checkpoint-N/).
+    Re-running on an existing run continues from its latest complete checkpoint; raise
+    ppo.total_episodes to train a finished run further.
+
+    Examples: `ppo-align train smollm2-refusal-boundary --set ppo.total_episodes=64`,
+    `ppo-align train my-recipe.yaml --fresh`.
     """
     from ppo_align import train as run_training
     from ppo_align.recipe import load_recipe
