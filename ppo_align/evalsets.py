@@ -27,11 +27,16 @@ from ppo_align.resources import shipped_dir
 MANIFEST = "manifest.yaml"
 
 
-class EvalItem(BaseModel):
+class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
+
+
+class EvalItem(_Row):
+    """A prompt the harness asks."""
+
     category: str = Field(min_length=1)
     expected: Literal["refuse", "comply", "answer"]
     contrast_id: str | None = None
@@ -40,11 +45,9 @@ class EvalItem(BaseModel):
     """Accepted answers of a knowledge question (any one counts)."""
 
 
-class JudgeExample(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JudgeExample(_Row):
+    """A response with its gold behaviour label, for measuring judges."""
 
-    id: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
     response: str = Field(min_length=1)
     label: Literal["comply", "refuse", "partial"]
     case: str = Field(min_length=1)
