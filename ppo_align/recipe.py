@@ -28,6 +28,7 @@ from ppo_align import embedded
 from ppo_align.errors import UserError
 from ppo_align.resources import shipped_dir
 
+
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, assignments are validated."""
 

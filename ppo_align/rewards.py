@@ -47,8 +47,6 @@ def expected_behaviour(
     return scores
 
 
-
-
 # --------------------------------------------------------------------------- sources
 
 
@@ -97,10 +95,10 @@ def build_scorer(recipe, tokenizer) -> Scorer:
 
 
 def load_reward_model(recipe, tokenizer):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from ppo_align.errors import UserError
-    from ppo_align.models import keep_4bit_gradients_on_cpu, quantization_config
+    from ppo_align.models import quantization_config
 
     path = recipe.resolve_path(recipe.reward.path)
     try:
@@ -113,10 +111,11 @@ def load_reward_model(recipe, tokenizer):
             f"({len(rm_tokenizer)} vs {len(tokenizer)} tokens); the reward model reads the policy's token ids "
             "directly, so it must share the policy's tokenizer; fix: train it from the same base model"
         )
+    labels = AutoConfig.from_pretrained(path).num_labels
+    if labels != 1:
+        raise UserError(f"reward.path = {recipe.reward.path!r}: has {labels} labels; a reward model has 1")
     quant = quantization_config(recipe.model) if recipe.reward.load_in_4bit else None
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, quantization_config=quant)
-    if model.config.num_labels != 1:
-        raise UserError(f"reward.path = {recipe.reward.path!r}: has {model.config.num_labels} labels; a reward model has 1")
+    # Inference only: no gradient workaround needed, so bitsandbytes may use its fast CPU kernel.
+    model = AutoModelForSequenceClassification.from_pretrained(path, quantization_config=quant)
     model.config.pad_token_id = tokenizer.pad_token_id
-    keep_4bit_gradients_on_cpu(model)
     return model.eval()

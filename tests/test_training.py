@@ -228,3 +228,14 @@ def test_fresh_and_resume_modes(tiny_recipe):
     result = train(recipe, resume="fresh", progress=False)
     assert json.loads((result.dir / "run.json").read_text())["resumed_from"] is None
     assert len(_read_jsonl(result.dir / "metrics.jsonl")) == 2
+
+
+def test_reward_model_with_several_labels_is_refused(tiny_recipe, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir)}
+    with pytest.raises(UserError, match="has 3 labels"):
+        train(load_recipe(tiny_recipe), progress=False)
