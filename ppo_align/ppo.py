@@ -37,7 +37,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints
-from ppo_align.errors import TrainingStopped
+from ppo_align.errors import TrainingStopped, UserError
 from ppo_align.prompts import PromptSet
 from ppo_align.recipe import Recipe
 from ppo_align.rewards import RewardBatch, Scorer
@@ -232,6 +232,14 @@ class PPORun:
     def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, policy, value_model, scorer: Scorer,
                  prompts: PromptSet, progress_factory=None):
         self.recipe, self.run_dir = recipe, run_dir
+        samples = len(prompts.input_ids) * recipe.ppo.samples_per_prompt
+        if samples < recipe.rollout_batch_size:
+            # The loader drops ragged batches; with none left, TRL's endless data iterator would spin forever.
+            raise UserError(
+                f"data.prompts = {recipe.data.prompts!r}: {len(prompts.input_ids)} usable prompts × "
+                f"ppo.samples_per_prompt {recipe.ppo.samples_per_prompt} = {samples}, fewer than one rollout batch "
+                f"({recipe.rollout_batch_size}); fix: add prompts, raise samples_per_prompt or use smaller batches"
+            )
         self.reward = TRLRewardModule(scorer, prompts, tokenizer)
         self.callback = RunCallback(self)
         self._progress_factory = progress_factory

@@ -239,3 +239,10 @@ def test_reward_model_with_several_labels_is_refused(tiny_recipe, tiny_model_dir
     tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir)}
     with pytest.raises(UserError, match="has 3 labels"):
         train(load_recipe(tiny_recipe), progress=False)
+
+
+def test_fewer_prompts_than_a_rollout_batch_is_refused(tiny_recipe):
+    # 6 prompts x 2 samples = 12 < 16: without the check TRL's data loop would never yield a batch.
+    tiny_recipe["ppo"].update(per_device_train_batch_size=16, total_episodes=16)
+    with pytest.raises(UserError, match="fewer than one rollout batch"):
+        train(load_recipe(tiny_recipe), progress=False)
