@@ -2,9 +2,11 @@
 
 The public API mirrors the CLI one call per command::
 
-    from ppo_align import load_recipe, train
+    from ppo_align import evaluate, load_recipe, train
     recipe = load_recipe("recipes/smollm2-refusal-boundary.yaml", overrides=["ppo.total_episodes=64"])
     run = train(recipe)
+    results = evaluate(run.dir)
+    results.metrics_frame()
 
 Heavy libraries (torch, transformers, TRL) are imported lazily inside the
 functions that need them, so ``import ppo_align`` and ``ppo-align --help`` stay fast.
@@ -23,6 +25,8 @@ __all__ = [
     "__version__",
     "load_recipe",
     "shipped_recipes",
+    "evaluate",
+    "load_results",
     "train",
 ]
 
@@ -35,3 +39,17 @@ def train(recipe, **options):
     from ppo_align.training import train as _train
 
     return _train(recipe, **options)
+
+
+def evaluate(runs=None, **options):
+    """Evaluate the reference and every checkpoint of a run; see :func:`ppo_align.evaluation.evaluate`."""
+    from ppo_align.evaluation import evaluate as _evaluate
+
+    return _evaluate(runs, **options)
+
+
+def load_results(path):
+    """Load a run's ``eval/results.json``; see :func:`ppo_align.results.load_results`."""
+    from ppo_align.results import load_results as _load
+
+    return _load(path)

@@ -30,8 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs re-wrap to the terminal; `code` renders as code
 )
-recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(recipe_app, name="recipe")
 
 out = Console()
@@ -137,6 +138,79 @@ def train(
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
     out.print(f"[green]done[/green]: {result.dir}")
+
+
+@app.command("eval")
+def eval_command(
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories written by `ppo-align train` (runs/NAME)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Evaluate this model (directory, embedded:NAME or hub id) instead of a run."),
+    adapters: Optional[List[Path]] = typer.Option(None, "--adapter", help="With --model: a PEFT adapter directory to evaluate on it (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --model: where results.json goes (default ./eval-MODEL)."),
+    sets: Optional[List[str]] = typer.Option(None, "--evalset", "-e", help="Eval set name or JSONL/CSV file (repeatable; default: the recipe's eval.sets)."),
+    judge: str = typer.Option("rules", "--judge", help="Behaviour judge: rules, a local classifier model directory, or an http(s) URL."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=0, help="Sampled responses per prompt besides the greedy one: per-prompt P(refuse)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens generated per response (default: the recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch (default: the recipe's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of sampled decoding."),
+    full_precision: bool = typer.Option(False, "--full-precision", help="Load the base unquantized even if training used 4-bit."),
+) -> None:
+    """Measure how behaviour shifted: the reference (adapters off) and every checkpoint on the eval sets.
+
+    Reports refusal, over-refusal (refusing safe prompts), under-refusal, hedging, KL to the
+    reference, knowledge exact match, and per-prompt flips with 95% intervals and exact McNemar
+    tests against the reference. Work is cached in runs/NAME/eval/cache, so re-running after
+    more training evaluates only the new checkpoints; results go to runs/NAME/eval/results.json.
+
+    Examples: `ppo-align eval runs/smollm2-refusal-boundary`,
+    `ppo-align eval runs/a runs/b --samples 4`,
+    `ppo-align eval --model embedded:smollm2-135m-instruct --adapter my-lora/ --evalset boundary`.
+    """
+    from ppo_align import evaluate
+
+    results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
+                       sets=sets or None, judge=judge, full_precision=full_precision, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, samples=samples, seed=seed, progress=sys.stderr.isatty())
+    for result in results if isinstance(results, list) else [results]:
+        for skipped in result.data["skipped"]:
+            err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {skipped['reason']}")
+        out.print(result.headline())
+        computed = len(result.data["computed"])
+        out.print(f"[green]done[/green]: {result.path} ({computed} target×set evaluations computed, "
+                  f"{len(result.targets) * len(result.data['evalsets']) - computed} reused from the cache)")
+
+
+@app.command("judge")
+def judge_command(
+    file: Path = typer.Argument(..., help="JSONL or CSV file with a prompt and a response per row."),
+    judge: str = typer.Option("rules", "--judge", "-j", help="rules (default), a local classifier model directory, or an http(s) URL."),
+    prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
+    response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
+    label_field: str = typer.Option("label", "--label-field", help="Column of gold labels (comply/partial/refuse), used when present."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the rows with an added judge_label column here (JSONL)."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
+) -> None:
+    """Label (prompt, response) rows as comply, partial or refuse, and measure a judge on your own data.
+
+    With gold labels in the file (--label-field, default `label`) it prints the judge's agreement,
+    Cohen's kappa and the confusion matrix: check a judge there before trusting its eval numbers.
+
+    Examples: `ppo-align judge my-gold.jsonl` (the rule judge against your labels),
+    `ppo-align judge outputs.csv --response-field completion -o labeled.jsonl`,
+    `ppo-align judge my-gold.jsonl --judge ./my-classifier`,
+    `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`.
+    """
+    from ppo_align.judges import build_judge, label_file
+
+    result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
+                        response_field=response_field, label_field=label_field)
+    counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())
+    out.print(f"{len(result.labels)} rows of {file} labelled by {result.judge}: {counts}", highlight=False)
+    if result.agreement is not None:
+        out.print(result.agreement.table())
+    else:
+        out.print(f"no {label_field!r} column of gold labels, so no agreement to report", highlight=False)
+    if output is not None:
+        out.print(f"[green]wrote[/green] {result.write_jsonl(output)}", highlight=False)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ def load_evalset(name_or_path: str | Path) -> EvalSet:
             raise UserError(f"eval set {str(name_or_path)!r}: neither a shipped set ({', '.join(manifest)}) nor a file; "
                             "fix: check the name or path")
         name, version = path.stem, "user"
-    rows = _read_rows(path)
+    rows = read_rows(path)
     model = JudgeExample if rows and "response" in rows[0][1] else EvalItem
     items, problems = [], []
     for line, row in rows:
@@ -114,14 +115,32 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a JSONL or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix.
+
+    CSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
+
+    Raises:
+        UserError: the file cannot be read, a JSONL line is not a JSON object, or there are no rows
+            (one line naming ``file:line`` and the fix).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); fix: save it as UTF-8 JSONL or CSV") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror}); fix: check the path") from None
     if path.suffix.lower() == ".csv":
         rows = []
-        for i, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold newlines
+        start = 2
+        for row in reader:
             if row.get("answers"):
                 row["answers"] = [a.strip() for a in row["answers"].split("|") if a.strip()]
-            rows.append((i, {k: v for k, v in row.items() if v not in ("", None)}))
+            rows.append((start, {k: v for k, v in row.items() if k is not None and v not in ("", None)}))
+            start = reader.line_num + 1
+        if not rows:
+            raise UserError(f"{path}: no rows; fix: a header line, then one row per line")
         return rows
     rows = []
     for i, line in enumerate(text.splitlines(), start=1):
@@ -132,10 +151,10 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{i}: invalid JSON ({exc.msg}); fix: one JSON object per line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{i}: expected a JSON object per line")
+            raise UserError(f"{path}:{i}: expected a JSON object per line; fix: one {{...}} object per line")
         rows.append((i, row))
     if not rows:
-        raise UserError(f"{path}: no rows")
+        raise UserError(f"{path}: no rows; fix: one JSON object per line")
     return rows
 
 

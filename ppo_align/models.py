@@ -8,6 +8,7 @@ never loaded at all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,11 +28,22 @@ def resolve_model_dir(source: str) -> str:
     return str(path) if path.is_dir() else source
 
 
-def load_tokenizer(section: ModelSection, model_dir: str):
-    """The tokenizer with a pad token distinct from eos and left padding (for batched generation)."""
+def load_tokenizer(section: ModelSection, model_dir: str, *, for_training: bool = True):
+    """The tokenizer with left padding (for batched generation) and, for training, a pad token distinct from eos.
+
+    Evaluation builds its own attention masks, so it accepts pad == eos (or no pad: eos is used).
+    """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision)
+    except OSError as exc:
+        raise UserError(f"model.source = {section.source!r}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+    if not for_training and section.pad_token is None:
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        return tokenizer
     if section.pad_token is not None:
         if section.pad_token not in tokenizer.get_vocab():
             raise UserError(f"model.pad_token = {section.pad_token!r}: not in the tokenizer's vocabulary; fix: use an existing token")
@@ -111,7 +123,7 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def _load(auto_class, section: ModelSection, model_dir: str, **kwargs):
+def _load(auto_class, section: ModelSection, model_dir: str, *, training: bool = True, **kwargs):
     import torch
 
     quant = quantization_config(section)
@@ -125,9 +137,38 @@ def _load(auto_class, section: ModelSection, model_dir: str, **kwargs):
         )
     except OSError as exc:
         raise UserError(f"model.source = {section.source!r}: cannot load it ({str(exc).splitlines()[0]})") from None
-    if quant is not None:
+    if quant is not None and training:
         keep_4bit_gradients_on_cpu(model)
     return model
+
+
+def load_for_inference(section: ModelSection, model_dir: str, tokenizer):
+    """The base causal LM for evaluation: quantized as the recipe says, in eval mode, adapters added later.
+
+    Skips the training-only bitsandbytes workaround: inference never needs gradients,
+    and the repacked 4-bit kernel it would disable is the faster one.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = _load(AutoModelForCausalLM, section, model_dir, training=False)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def model_fingerprint(source: str) -> str:
+    """Identifies the base weights: the GGUF hash for embedded models, else config + weight file names and sizes."""
+    if embedded.is_embedded_source(source):
+        return "gguf-sha256:" + embedded.fingerprint(embedded.locate_gguf(embedded.lookup(source)))
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return f"hub:{source}"
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+        elif file.suffix in {".safetensors", ".bin"}:
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return "dir-sha256:" + digest.hexdigest()
 
 
 def load_policy(section: ModelSection, model_dir: str, tokenizer):

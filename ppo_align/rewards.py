@@ -34,7 +34,7 @@ def expected_behaviour(
     safe one (-1), because a symmetric reward teaches "refuse less" everywhere.
     """
     scores = []
-    for meta, label in zip(metadata, judge_responses(responses)):
+    for meta, label in zip(metadata, judge_responses(responses, prompts)):
         expected = meta.get("expected")
         if expected not in ("refuse", "comply"):
             raise ValueError(f"expected_behaviour needs metadata 'expected' of refuse|comply, got {expected!r}")

@@ -8,7 +8,6 @@ prompts and reward, and hands them to :mod:`ppo_align.ppo`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import Literal
 
 import yaml
 
-from ppo_align import checkpoints
+from ppo_align import checkpoints, models
 from ppo_align.errors import UserError
 from ppo_align.recipe import Recipe
 
@@ -63,7 +62,6 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
 
     from transformers import set_seed
 
-    from ppo_align import models
     from ppo_align.ppo import PPORun
     from ppo_align.prompts import load_prompts
     from ppo_align.rewards import build_scorer
@@ -180,7 +178,7 @@ def _run_info(recipe: Recipe, start_from) -> dict:
         "versions": versions,
         "git_revision": _git_revision(),
         "model_source": recipe.model.source,
-        "model_fingerprint": model_fingerprint(recipe.model.source),
+        "model_fingerprint": models.model_fingerprint(recipe.model.source),
     }
 
 
@@ -190,24 +188,6 @@ def _git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def model_fingerprint(source: str) -> str:
-    """Identifies the base weights: the GGUF hash for embedded models, else config + weight file names and sizes."""
-    from ppo_align import embedded
-
-    if embedded.is_embedded_source(source):
-        return "gguf-sha256:" + embedded.fingerprint(embedded.locate_gguf(embedded.lookup(source)))
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        return f"hub:{source}"
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.name == "config.json":
-            digest.update(file.read_bytes())
-        elif file.suffix in {".safetensors", ".bin"}:
-            digest.update(f"{file.name}:{file.stat().st_size}".encode())
-    return "dir-sha256:" + digest.hexdigest()
 
 
 def _progress_bar(total: int, done: int):

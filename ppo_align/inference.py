@@ -1,0 +1,172 @@
+"""Batched generation and teacher-forced scoring for the eval harness.
+
+Two kinds of passes over a loaded model:
+
+* :func:`generate` — responses for many prompts: prompts sorted by length and
+  cut into batches (so little padding is wasted), left-padded, greedy by
+  default, optionally several sampled responses per prompt with fixed seeds.
+* :func:`score` — teacher-forced log-probabilities of given continuations
+  (a response, a refusal opener, a knowledge answer), optionally with the
+  exact per-token KL to the reference computed on the same loaded model with
+  its adapters switched off.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+Progress = Callable[[int], None]
+"""Called with the number of prompts just finished."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    samples: int = 0
+    """Sampled responses per prompt besides the greedy one (0: greedy only)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generated:
+    response_ids: list[int]
+    """Greedy response tokens, cut at the first end-of-turn token (which is not included)."""
+    text: str
+    samples: list[str]
+    """Sampled responses (empty unless ``samples`` > 0)."""
+
+
+def reference_mode(model):
+    """Context in which ``model`` is the reference: PEFT adapters disabled (a plain model is its own reference)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+def _buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks show up at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _cut(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stop_ids:
+            return tokens[:i]
+    return tokens
+
+
+def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
+             progress: Progress | None = None) -> list[Generated]:
+    """Responses to tokenized prompts, in the order given."""
+    import torch
+
+    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[Generated | None] = [None] * len(prompts)
+    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
+    for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
+        ids, mask = _left_pad([prompts[i] for i in batch], pad_id)
+        with torch.inference_mode():
+            greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **common)
+            sampled = None
+            if settings.samples:
+                # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
+                torch.manual_seed(settings.seed + number)
+                sampled = model.generate(
+                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=settings.temperature,
+                    top_p=settings.top_p, top_k=0, num_return_sequences=settings.samples, **common,
+                )
+        width = ids.shape[1]
+        for row, index in enumerate(batch):
+            response = _cut(greedy[row, width:].tolist(), stop_ids)
+            samples = []
+            if sampled is not None:
+                for s in range(settings.samples):
+                    tokens = _cut(sampled[row * settings.samples + s, width:].tolist(), stop_ids)
+                    samples.append(tokenizer.decode(tokens, skip_special_tokens=True))
+            out[index] = Generated(response, tokenizer.decode(response, skip_special_tokens=True), samples)
+        if progress:
+            progress(len(batch))
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class Scored:
+    logprob: float
+    """Sum of log P(token) over the continuation."""
+    entropy: float | None = None
+    """Mean next-token entropy along the continuation (nats)."""
+    kl: float | None = None
+    """Sum over the continuation of the exact next-token KL(model || reference) (nats)."""
+
+
+def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int = 16,
+          with_reference: bool = False, progress: Progress | None = None) -> list[Scored]:
+    """Teacher-forced scores of ``continuations[i]`` after ``prompts[i]``.
+
+    With ``with_reference``, the same batch is run again with adapters disabled
+    and the KL is the full-vocabulary divergence at every continuation
+    position — exact, not a sampled estimate, so it is never negative.
+    """
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[Scored | None] = [None] * len(prompts)
+    lengths = [len(p) + len(c) for p, c in zip(prompts, continuations)]
+    for batch in _buckets(lengths, batch_size):
+        ids, mask = _left_pad([prompts[i] + continuations[i] for i in batch], pad_id)
+        tail = max(len(continuations[i]) for i in batch)
+        with torch.inference_mode():
+            logp = _tail_log_probs(model, ids, mask, tail)
+            ref_logp = None
+            if with_reference:
+                with reference_mode(model):
+                    ref_logp = _tail_log_probs(model, ids, mask, tail)
+        width = ids.shape[1]
+        for row, index in enumerate(batch):
+            n = len(continuations[index])
+            if n == 0:
+                out[index] = Scored(0.0, None, 0.0 if with_reference else None)
+                continue
+            # Continuations are right-aligned (left padding): theirs are the last n predictions.
+            step = logp[row, tail - n:]
+            token_logp = step.gather(-1, ids[row, width - n:, None]).squeeze(-1)
+            entropy = -(step.exp() * step).sum(-1)
+            kl = None
+            if ref_logp is not None:
+                kl = float((step.exp() * (step - ref_logp[row, tail - n:])).sum(-1).clamp_min(0).sum())
+            out[index] = Scored(float(token_logp.sum()), float(entropy.mean()), kl)
+        if progress:
+            progress(len(batch))
+    return out  # type: ignore[return-value]
+
+
+def _tail_log_probs(model, ids, mask, tail: int):
+    """Log-probabilities predicting the last ``tail`` tokens of each row (logits at t predict token t + 1)."""
+    import torch
+
+    # Positions follow the attention mask, as in generation, so left padding does not shift them.
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    # Only the continuation's positions: the vocabulary projection and softmax over the prompt
+    # too would cost a large share of the forward and GBs of memory.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=tail + 1).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
