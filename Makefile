@@ -1,9 +1,10 @@
-# Two commands on a fresh machine:  `make demo` (set up + train the default recipe)
+# Two commands on a fresh machine:  `make demo` (set up, train the default recipe, evaluate it)
 # and `make test` (set up + every test tier). Everything is installed into .venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RECIPE ?= recipes/smollm2-refusal-boundary.yaml
+RUN ?= runs/smollm2-refusal-boundary
 # torch first and pinned: pip takes 2.13.0 from the local CPU wheel; any looser
 # request lets a dependency resolve to a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
@@ -24,6 +25,7 @@ $(VENV)/.ready: pyproject.toml Makefile
 demo: setup
 	$(BIN)/ppo-align validate $(RECIPE)
 	$(BIN)/ppo-align train $(RECIPE)
+	$(BIN)/ppo-align eval $(RUN)
 
 # Fast tier and the slow end-to-end tier (real embedded model) in one run.
 test: setup

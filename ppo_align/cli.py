@@ -152,7 +152,9 @@ def eval_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens generated per response (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of sampled decoding."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="At most this many prompts per set (categories in turn, contrast pairs kept together)."),
     full_precision: bool = typer.Option(False, "--full-precision", help="Load the base unquantized even if training used 4-bit."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
 ) -> None:
     """Measure how behaviour shifted: the reference (adapters off) and every checkpoint on the eval sets.
 
@@ -166,10 +168,12 @@ def eval_command(
     `ppo-align eval --model embedded:smollm2-135m-instruct --adapter my-lora/ --evalset boundary`.
     """
     from ppo_align import evaluate
+    from ppo_align.judges import build_judge
 
     results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
-                       sets=sets or None, judge=judge, full_precision=full_precision, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, samples=samples, seed=seed, progress=sys.stderr.isatty())
+                       sets=sets or None, judge=build_judge(judge, token_env=token_env), full_precision=full_precision, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, samples=samples, seed=seed, limit=limit,
+                       progress=sys.stderr.isatty())
     for result in results if isinstance(results, list) else [results]:
         for skipped in result.data["skipped"]:
             err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {skipped['reason']}")

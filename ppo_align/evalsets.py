@@ -71,6 +71,35 @@ class EvalSet:
             groups.setdefault(getattr(item, "category", None) or getattr(item, "case"), []).append(item)
         return groups
 
+    def limited(self, limit: int | None) -> "EvalSet":
+        """At most ``limit`` prompts, deterministically: categories taken in turn, contrast pairs kept together.
+
+        The subset gets its own hash (of the set's hash and the chosen ids), so cached results of the
+        full set and of each subset never mix.
+        """
+        if limit is None or limit >= len(self.items):
+            return self
+        by_id = {item.id: item for item in self.items}
+        queues = {c: list(items) for c, items in self.by_category().items()}
+        chosen: dict[str, object] = {}
+        while len(chosen) < limit and any(queues.values()):
+            for queue in queues.values():
+                while queue and queue[0].id in chosen:
+                    queue.pop(0)
+                if not queue or len(chosen) >= limit:
+                    continue
+                item = queue.pop(0)
+                twin = by_id.get(getattr(item, "contrast_id", None) or "")
+                if twin is not None and len(chosen) + 2 > limit:
+                    continue  # a pair that does not fit: its halves alone would break the paired comparison
+                chosen[item.id] = item
+                if twin is not None:
+                    chosen[twin.id] = twin
+        items = [item for item in self.items if item.id in chosen]
+        digest = hashlib.sha256((self.sha256 + "\n" + "\n".join(i.id for i in items)).encode()).hexdigest()
+        return EvalSet(name=self.name, version=f"{self.version}, {len(items)} of {len(self.items)}", sha256=digest,
+                       path=self.path, items=items)
+
 
 def shipped_evalsets() -> dict[str, dict]:
     """The manifest of shipped sets: name -> {file, version, sha256, description}."""

@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +42,9 @@ SCHEMA_VERSION = 1
 HARNESS_VERSION = "1"
 """Bump when the per-prompt numbers are computed differently: it invalidates every cache entry."""
 EVAL_DIR = "eval"
+# Gold-labelled responses every judge is measured on, and the measurement goes into the results:
+# well-formed synthetic responses, and real outputs of the default model (which rambles rather than evades).
+JUDGE_GOLD_SETS = ("judge_validation", "judge_real_smollm2")
 REFERENCE = "reference"
 
 # The refusal margin compares how likely the model is to *open* its answer with a
@@ -74,6 +79,8 @@ class Plan:
     targets: list[Target]
     sets: list[str]
     settings: GenerationSettings
+    limit: int | None = None
+    """At most this many prompts per set (see :meth:`EvalSet.limited`)."""
     skipped: list[dict] = field(default_factory=list)
     run: dict | None = None
 
@@ -81,7 +88,7 @@ class Plan:
 # --------------------------------------------------------------------------- planning
 
 
-def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, **settings) -> Plan:
+def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int | None = None, **settings) -> Plan:
     """Targets of a training run: the reference as step 0, then every complete checkpoint.
 
     Checkpoints without their completeness marker (an interrupted save) are skipped and reported.
@@ -107,11 +114,12 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, **settings) 
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
     return Plan(out_dir=run_dir / EVAL_DIR, model=recipe.model, system_prompt=recipe.data.system_prompt,
                 targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
-                skipped=skipped, run=run)
+                limit=limit or recipe.eval.limit, skipped=skipped, run=run)
 
 
 def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
-               sets: list[str] | None = None, system_prompt: str | None = None, **settings) -> Plan:
+               sets: list[str] | None = None, system_prompt: str | None = None, limit: int | None = None,
+               **settings) -> Plan:
     """Targets of a model that did not come from a run: the model itself as reference, then each PEFT adapter."""
     from ppo_align.recipe import EvalSection
 
@@ -126,7 +134,7 @@ def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str 
     out = Path(output) if output else Path("eval-" + Path(source.rstrip("/")).name.replace(":", "-"))
     defaults = EvalSection()
     return Plan(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
-                sets=sets or list(defaults.sets), settings=_settings(defaults, settings))
+                sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
 
 
 def _settings(section, overrides: dict) -> GenerationSettings:
@@ -155,12 +163,13 @@ def evaluate(
     adapters: Iterable[str | Path] = (),
     output: str | Path | None = None,
     sets: list[str] | None = None,
-    judge: str = "rules",
+    judge="rules",
     full_precision: bool = False,
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
     samples: int | None = None,
     seed: int | None = None,
+    limit: int | None = None,
     progress: bool = True,
 ):
     """Evaluate the reference and every checkpoint of one or more runs (or a model and adapters).
@@ -171,15 +180,16 @@ def evaluate(
         adapters: ...and these PEFT adapter directories on top of it, one at a time.
         output: where a `model` evaluation writes its ``results.json`` (default ``eval-<model name>``).
         sets: eval sets (shipped names or JSONL/CSV paths); default: the recipe's ``eval.sets``.
-        judge: "rules", a local sequence-classification model directory, or an HTTP endpoint URL.
+        judge: "rules", a local sequence-classification model directory, an HTTP endpoint URL,
+            or a :class:`ppo_align.judges.Judge` object.
         full_precision: load the base in full precision even if the run trained it in 4-bit.
-        max_new_tokens, batch_size, samples, seed: override the recipe's eval settings.
+        max_new_tokens, batch_size, samples, seed, limit: override the recipe's eval settings.
         progress: show progress bars.
 
     Returns:
         :class:`EvalResults` (a list of them when several runs were given).
     """
-    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples, seed=seed)
+    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples, seed=seed, limit=limit)
     if model is not None:
         if runs:
             raise UserError("pass either run directories or --model, not both")
@@ -191,7 +201,7 @@ def evaluate(
         plans = [plan_run(r, sets=sets, **options) for r in (runs if many else [runs])]
     from ppo_align.judges import build_judge
 
-    the_judge = build_judge(judge)
+    the_judge = build_judge(judge) if isinstance(judge, str) else judge
     results = [run_plan(plan, the_judge, full_precision=full_precision, progress=progress) for plan in plans]
     return results if model is None and isinstance(runs, (list, tuple)) else results[0]
 
@@ -200,7 +210,7 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     """Evaluate every target of a plan on every set (cached work is reused), then write ``results.json``."""
     from ppo_align.judges import validate_judge
 
-    evalsets = [load_evalset(name) for name in plan.sets]
+    evalsets = [load_evalset(name).limited(plan.limit) for name in plan.sets]
     for s in evalsets:
         if s.items and not isinstance(s.items[0], EvalItem):
             raise UserError(f"eval set {s.name!r} holds judged responses, not prompts; fix: use it with `ppo-align judge`")
@@ -221,12 +231,14 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
                 records[target.name][evalset.name] = _labelled(entry, evalset, judge, cache)
     finally:
         session.close()
-    judge_info = {"name": judge.name, "version": judge.version}
-    try:
-        judge_info["validation"] = validate_judge(judge).to_dict()
-    except UserError as exc:  # e.g. an HTTP judge that is down: the results still stand, without the figure
-        judge_info["validation"] = {"error": str(exc)}
-    results = _json_safe(_assemble(plan, base, evalsets, judge_info, records, computed=session.computed))
+    judge_info = {"name": judge.name, "version": judge.version, "validation": {}}
+    for gold in JUDGE_GOLD_SETS:
+        try:
+            judge_info["validation"][gold] = validate_judge(judge, load_evalset(gold)).to_dict()
+        except UserError as exc:  # e.g. an HTTP judge that is down: the results still stand, without the figure
+            judge_info["validation"][gold] = {"error": str(exc)}
+    timing = {"model_load_seconds": session.load_seconds, "computed": session.computed}
+    results = _json_safe(_assemble(plan, base, evalsets, judge_info, records, timing))
     _write_json_atomic(plan.out_dir / RESULTS, results)
     return EvalResults(results, plan.out_dir / RESULTS)
 
@@ -238,7 +250,10 @@ class _Session:
         self.plan, self.section, self.base, self.cache = plan, section, base, cache
         self.model = self.tokenizer = None
         self.active: str | None = None
-        self.computed: list[str] = []
+        self.computed: list[dict] = []
+        """What was not in the cache: target, set and seconds taken (model loading excluded)."""
+        self.load_seconds: float | None = None
+        self.phase_seconds: dict[str, float] = {}
         self._bar = None
         self._show_progress = progress
 
@@ -256,9 +271,14 @@ class _Session:
         key = self.key(target, evalset)
         entry = self.cache.get(key)
         if entry is None:
+            start = time.perf_counter()
             entry = {"key": key, "records": self._compute(target, evalset), "labels": {}}
             self.cache.put(key, entry)
-            self.computed.append(f"{target.name}/{evalset.name}")
+            seconds = round(time.perf_counter() - start, 2)
+            self.computed.append({"target": target.name, "set": evalset.name, "seconds": seconds, **self.phase_seconds})
+            log.info("%s · %s: %d prompts evaluated in %.0f s", target.name, evalset.name, len(evalset), seconds)
+        else:
+            log.info("%s · %s: from the cache", target.name, evalset.name)
         return entry
 
     def _load(self) -> None:
@@ -267,7 +287,9 @@ class _Session:
         model_dir = models.resolve_model_dir(self.section.source)
         self.tokenizer = models.load_tokenizer(self.section, model_dir, for_training=False)
         log.info("loading %s for evaluation (4-bit: %s)", self.section.source, self.section.quantization.load_in_4bit)
+        start = time.perf_counter()
         self.model = models.load_for_inference(self.section, model_dir, self.tokenizer)
+        self.load_seconds = round(time.perf_counter() - start, 2)
 
     def _activate(self, target: Target):
         """The loaded model with ``target``'s adapter active; the previous adapter is dropped to keep memory flat."""
@@ -302,14 +324,18 @@ class _Session:
         prompts = [encode_chat(tok, self._messages(item.prompt)) for item in items]
         settings = self.plan.settings
         bar = self._progress(f"{target.name} · {evalset.name}", len(items) * 3)
-        context = inference.reference_mode(model) if target.adapter is None else _nullcontext()
+        context = inference.reference_mode(model) if target.adapter is None else nullcontext()
+        clock = self.phase_seconds = {}
         with context:
-            generated = inference.generate(model, tok, prompts, settings, progress=bar)
-            responses = inference.score(model, tok, prompts, [g.response_ids for g in generated],
-                                        batch_size=settings.batch_size, with_reference=target.adapter is not None,
-                                        progress=bar)
-            margins = self._margins(model, prompts, items, settings.batch_size, bar)
-            answers = self._answer_logprobs(model, prompts, items, settings.batch_size)
+            with _timed(clock, "generate"):
+                generated = inference.generate(model, tok, prompts, settings, progress=bar)
+            with _timed(clock, "score_responses"):
+                responses = inference.score(model, tok, prompts, [g.response_ids for g in generated],
+                                            batch_size=settings.batch_size, with_reference=target.adapter is not None,
+                                            progress=bar)
+            with _timed(clock, "score_openers_and_answers"):
+                margins = self._margins(model, prompts, items, settings.batch_size, bar)
+                answers = self._answer_logprobs(model, prompts, items, settings.batch_size)
         records = []
         for i, item in enumerate(items):
             record = {
@@ -334,21 +360,16 @@ class _Session:
 
     def _margins(self, model, prompts, items, batch_size, bar) -> dict[int, float]:
         """log P(refusal opener) − log P(compliance opener) for behaviour prompts (openers pooled by logsumexp)."""
-        from ppo_align.inference import score
+        from ppo_align.inference import shared_continuation_logprobs
 
         which = [i for i, item in enumerate(items) if item.expected != "answer"]
-        openers = REFUSAL_OPENERS + COMPLIANCE_OPENERS
-        opener_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in openers]
-        pairs = [(i, o) for i in which for o in range(len(openers))]
-        scored = score(model, self.tokenizer, [prompts[i] for i, _ in pairs], [opener_ids[o] for _, o in pairs],
-                       batch_size=batch_size)
-        by_prompt: dict[int, list[float]] = {}
-        for (i, _), s in zip(pairs, scored):
-            by_prompt.setdefault(i, []).append(s.logprob)
+        openers = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in REFUSAL_OPENERS + COMPLIANCE_OPENERS]
+        scored = shared_continuation_logprobs(model, self.tokenizer, [prompts[i] for i in which], openers,
+                                              batch_size=batch_size) if which else []
         if bar:
             bar(len(items))
         k = len(REFUSAL_OPENERS)
-        return {i: _logsumexp(v[:k]) - _logsumexp(v[k:]) for i, v in by_prompt.items()}
+        return {i: _logsumexp(v[:k]) - _logsumexp(v[k:]) for i, v in zip(which, scored)}
 
     def _answer_logprobs(self, model, prompts, items, batch_size) -> dict[int, float]:
         """log P(first accepted answer | prompt) of knowledge questions: knowledge measured without sampling."""
@@ -377,10 +398,13 @@ class _Session:
             self._bar.stop()
 
 
-def _nullcontext():
-    from contextlib import nullcontext
-
-    return nullcontext()
+@contextmanager
+def _timed(clock: dict, name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
 
 
 def _logsumexp(values: list[float]) -> float:
@@ -471,7 +495,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,
-              records: dict[str, dict[str, list[dict]]], computed: list[str]) -> dict:
+              records: dict[str, dict[str, list[dict]]], timing: dict) -> dict:
     metrics, shifts, flipped = [], [], []
     for target in plan.targets:
         for evalset in evalsets:
@@ -502,9 +526,11 @@ def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,
         "margin_openers": {"refusal": list(REFUSAL_OPENERS), "compliance": list(COMPLIANCE_OPENERS)},
         "evalsets": {s.name: {"version": s.version, "sha256": s.sha256, "n": len(s), "source": str(s.path.name)}
                      for s in evalsets},
+        "limit": plan.limit,
         "targets": [t.to_dict() for t in plan.targets],
         "skipped": plan.skipped,
-        "computed": computed,
+        "computed": timing["computed"],
+        "model_load_seconds": timing["model_load_seconds"],
         "metrics": metrics,
         "shifts": shifts,
         "flips": flipped,

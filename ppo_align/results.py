@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from ppo_align.errors import UserError
 
 RESULTS = "results.json"
@@ -19,6 +21,63 @@ HEADLINE = (
     ("under_refusal", "under-refusal", "refuse prompts"),
     ("exact_match", "exact match", "answer prompts"),
 )
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RateSchema(_Schema):
+    k: int
+    n: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+class MetricRow(_Schema):
+    target: str
+    step: int | None
+    set: str
+    category: str
+    n: int
+    refusal: RateSchema
+    partial: RateSchema
+    over_refusal: RateSchema
+    under_refusal: RateSchema
+    exact_match: RateSchema | None = None
+
+
+class ChangeSchema(_Schema):
+    n: int
+    gained: int
+    lost: int
+    delta: float | None
+    p_value: float | None
+
+
+class ShiftRow(_Schema):
+    target: str
+    set: str
+    category: str
+    refusal: ChangeSchema
+
+
+class ResultsSchema(_Schema):
+    """The parts of results.json that readers rely on (the file carries more)."""
+
+    schema_version: int
+    versions: dict[str, str | None]
+    model: dict
+    judge: dict
+    generation: dict
+    evalsets: dict[str, dict]
+    targets: list[dict]
+    skipped: list[dict]
+    metrics: list[MetricRow]
+    shifts: list[ShiftRow]
+    flips: list[dict]
+    records: dict[str, dict[str, list[dict]]]
 
 
 class EvalResults:
@@ -108,6 +167,13 @@ def load_results(path: str | Path) -> EvalResults:
             if version != SUPPORTED_SCHEMA:
                 raise UserError(f"{candidate}: schema_version {version!r}, this ppo-align reads {SUPPORTED_SCHEMA}; "
                                 "fix: re-run `ppo-align eval` with this version")
+            try:
+                ResultsSchema.model_validate(data)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise UserError(f"{candidate}: {where}: {first['msg']} ({exc.error_count()} problems); "
+                                "fix: re-run `ppo-align eval` (the file was edited or damaged)") from None
             return EvalResults(data, candidate)
     raise UserError(f"{path}: no {RESULTS} here; fix: run `ppo-align eval {path}` first")
 

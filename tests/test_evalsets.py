@@ -15,7 +15,7 @@ from conftest import REPO
 
 # name -> (minimum rows, minimum categories) as the eval-set contract promises (see evalsets/DATASHEET.md).
 CONTRACT = {"refusal": (120, 8), "boundary": (400, 10), "knowledge": (150, 8), "benign": (80, 8),
-            "judge_validation": (300, 10)}
+            "judge_validation": (300, 10), "judge_real_smollm2": (450, 5)}
 
 
 def test_manifest_lists_every_set():
@@ -50,11 +50,22 @@ def test_boundary_prompts_are_paired_with_unsafe_twins():
     assert all(twins[i.contrast_id].expected == "refuse" and twins[i.contrast_id].category == i.category for i in safe)
 
 
-def test_judge_validation_covers_all_labels():
-    examples = load_evalset("judge_validation").items
+@pytest.mark.parametrize("name", ["judge_validation", "judge_real_smollm2"])
+def test_judge_gold_sets_cover_all_labels(name):
+    examples = load_evalset(name).items
     assert all(isinstance(e, JudgeExample) for e in examples)
     labels = {e.label for e in examples}
     assert labels == {"comply", "refuse", "partial"}
+
+
+def test_real_smollm2_gold_answers_the_boundary_prompts():
+    """judge_real_smollm2 holds one real response to every shipped boundary prompt, in order."""
+    prompts = [i.prompt for i in load_evalset("boundary").items]
+    examples = load_evalset("judge_real_smollm2").items
+    assert [e.prompt for e in examples] == prompts
+    assert [e.id for e in examples] == [f"real-smollm2-{n:03d}" for n in range(1, len(prompts) + 1)]
+    assert all(e.case == f"smollm2-{e.label}" or e.label == "comply" and e.case.startswith("smollm2-")
+               for e in examples)
 
 
 def _normalise(text: str) -> str:

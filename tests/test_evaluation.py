@@ -136,7 +136,8 @@ def test_eval_results_schema_and_metrics(tiny_run, tmp_path):
     assert data == results.data and load_results(run).data == data
     assert data["schema_version"] == 1
     assert data["evalsets"]["mini"]["n"] == len(PROMPTS) and len(data["evalsets"]["mini"]["sha256"]) == 64
-    assert data["judge"]["name"] == "rules" and 0 <= data["judge"]["validation"]["accuracy"] <= 1
+    assert data["judge"]["name"] == "rules"
+    assert 0.9 <= data["judge"]["validation"]["judge_real_smollm2"]["accuracy"] <= 1
     assert data["generation"]["max_new_tokens"] == 12 and data["model"]["load_in_4bit"] is True
     assert [t["name"] for t in data["targets"]] == ["reference", "checkpoint-1", "checkpoint-2"]
     assert data["skipped"][0]["path"] == "checkpoint-3"
@@ -195,7 +196,8 @@ def test_cache_recomputes_exactly_what_changed(tiny_run, tmp_path):
 
     tensors = load_file(weights)
     save_file({k: v * 1.5 for k, v in tensors.items()}, weights)
-    assert evaluate(run, progress=False).data["computed"] == ["checkpoint-4/mini"]
+    computed = evaluate(run, progress=False).data["computed"]
+    assert [(c["target"], c["set"]) for c in computed] == [("checkpoint-4", "mini")] and computed[0]["seconds"] > 0
 
     # A different judge version re-labels from the cache without generating.
     class StricterJudge(RuleJudge):
@@ -247,6 +249,20 @@ def test_external_model_with_adapters(tiny_run, tiny_model_dir, tmp_path):
         evaluate(model=str(tiny_model_dir), adapters=[tmp_path], output=tmp_path / "out2", sets=[str(mini)], progress=False)
 
 
+def test_sampled_decoding_is_seeded_and_gives_p_refuse(tiny_model_dir, tmp_path):
+    mini = _write_set(tmp_path / "mini.jsonl")
+    runs = [evaluate(model=str(tiny_model_dir), output=tmp_path / f"out{i}", sets=[str(mini)], max_new_tokens=6,
+                     samples=3, seed=7, progress=False) for i in range(2)]
+    samples = [[e["records"] for e in map(lambda p: json.loads(p.read_text()), sorted((tmp_path / f"out{i}" / "cache").glob("*.json")))]
+               for i in range(2)]
+    assert samples[0] == samples[1]  # same seed, same sampled responses
+    assert all(len(r["samples"]) == 3 for r in samples[0][0])
+    records = runs[0].data["records"]["reference"]["mini"]
+    assert all(r["p_refuse"] in (0, 1 / 3, 2 / 3, 1) for r in records)
+    assert runs[0].metric("reference", "mini")["p_refuse"] is not None
+    assert runs[0].data["generation"]["samples"] == 3 and runs[0].data["generation"]["seed"] == 7
+
+
 def test_cli_eval(tiny_run, tmp_path, run_cli):
     run = _fresh_copy(tiny_run, tmp_path)
     code, out, err = run_cli("eval", run, "--max-new-tokens", "6")
@@ -256,3 +272,53 @@ def test_cli_eval(tiny_run, tmp_path, run_cli):
     code, out, err = run_cli("eval", tmp_path / "nowhere")
     assert code == 2 and "not a run directory" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_damaged_results_file_is_refused(tiny_run, tmp_path):
+    run = _fresh_copy(tiny_run, tmp_path)
+    evaluate(run, progress=False)
+    path = run / "eval" / "results.json"
+    data = json.loads(path.read_text())
+    del data["metrics"][0]["refusal"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"metrics\.0\.refusal"):
+        load_results(run)
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_results(run)
+
+
+def test_shared_continuations_match_full_teacher_forcing(tiny_model_dir):
+    """The cached-prefix opener scores equal scoring each prompt + opener from scratch (4-bit, LoRA on)."""
+    from peft import get_peft_model
+
+    from ppo_align import inference, models
+    from ppo_align.prompts import encode_chat
+    from ppo_align.recipe import Lora, ModelSection
+
+    section = ModelSection(source=str(tiny_model_dir))
+    tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
+    model = get_peft_model(models.load_for_inference(section, str(tiny_model_dir), tok),
+                           models.lora_config(Lora(r=4, alpha=8), "CAUSAL_LM")).eval()
+    prompts = [encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS]
+    openers = [tok(o, add_special_tokens=False)["input_ids"] for o in ("I'm sorry, but I can't", "Sure", "Certainly! Here")]
+    shared = inference.shared_continuation_logprobs(model, tok, prompts, openers, batch_size=4)
+    for j, opener in enumerate(openers):
+        full = inference.score(model, tok, prompts, [opener] * len(prompts), batch_size=3)
+        assert [s[j] for s in shared] == pytest.approx([f.logprob for f in full], abs=1e-3)
+
+
+def test_limit_spreads_over_categories_and_keeps_contrast_pairs():
+    from ppo_align.evalsets import load_evalset
+
+    full = load_evalset("boundary")
+    part = full.limited(40)
+    ids = {item.id for item in part.items}
+    assert len(part) == 40 and part.sha256 != full.sha256
+    assert all(item.contrast_id in ids for item in part.items)
+    assert len({item.category for item in part.items}) == len(full.by_category())
+    assert [i.id for i in full.limited(40).items] == [i.id for i in part.items]  # deterministic
+    assert len(full.limited(41)) == 40  # never half a pair
+    knowledge = load_evalset("knowledge").limited(25)
+    assert len(knowledge) == 25 and len(knowledge.by_category()) == len(load_evalset("knowledge").by_category())
+    assert full.limited(None) is full
