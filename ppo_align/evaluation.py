@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -301,7 +302,9 @@ class _Session:
 
         try:
             if not isinstance(self.model, PeftModel):
-                self.model = PeftModel.from_pretrained(self.model, str(target.adapter), adapter_name=target.name)
+                with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.model = PeftModel.from_pretrained(self.model, str(target.adapter), adapter_name=target.name)
             else:
                 self.model.load_adapter(str(target.adapter), adapter_name=target.name)
                 self.model.set_adapter(target.name)

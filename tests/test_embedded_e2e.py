@@ -31,36 +31,34 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     assert steps == [1, 2]
     assert (run / "checkpoint-2" / "COMPLETE").is_file()
 
+    # The eval harness on the real run: reference + both checkpoints, a small even spread of prompts.
+    code, out, err = run_cli("eval", run, "--limit", "12", "--max-new-tokens", "8")
+    assert code == 0, err
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert [t["name"] for t in results["targets"]] == ["reference", "checkpoint-1", "checkpoint-2"]
+    assert set(results["evalsets"]) == {"boundary", "knowledge"} and results["evalsets"]["boundary"]["n"] == 12
+    assert "reference → checkpoint-2" in out
+
 
 def test_knowledge_control_is_answerable_by_the_embedded_model():
     """A control set the model scores 0% on controls nothing: greedy accuracy must be clearly above zero.
 
     Prints the accuracy; evalsets/DATASHEET.md reports it.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ppo_align.embedded import ensure_embedded_model
+    from ppo_align import inference, models
     from ppo_align.evalsets import load_evalset
     from ppo_align.judges import answer_matches
     from ppo_align.prompts import encode_chat
+    from ppo_align.recipe import ModelSection
 
-    path = ensure_embedded_model("embedded:smollm2-135m-instruct")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    section = ModelSection(source="embedded:smollm2-135m-instruct", quantization={"load_in_4bit": False})
+    model_dir = models.resolve_model_dir(section.source)
+    tokenizer = models.load_tokenizer(section, model_dir, for_training=False)
+    model = models.load_for_inference(section, model_dir, tokenizer)
     items = load_evalset("knowledge").items
-    correct = 0
-    for start in range(0, len(items), 32):
-        batch = items[start:start + 32]
-        ids = [encode_chat(tokenizer, [{"role": "user", "content": i.prompt}]) for i in batch]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long()
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
-        for item, row in zip(batch, out[:, width:]):
-            correct += answer_matches(tokenizer.decode(row, skip_special_tokens=True), item.answers)
+    prompts = [encode_chat(tokenizer, [{"role": "user", "content": i.prompt}]) for i in items]
+    generated = inference.generate(model, tokenizer, prompts, inference.GenerationSettings(max_new_tokens=24, batch_size=64))
+    correct = sum(answer_matches(g.text, item.answers) for g, item in zip(generated, items))
     accuracy = correct / len(items)
     print(f"knowledge greedy accuracy of the embedded model: {correct}/{len(items)} = {accuracy:.1%}")
     assert accuracy >= 0.25
