@@ -25,7 +25,7 @@ app = typer.Typer(
     help=(
         "PPO for behaviour: train when a model refuses, hedges or complies, and measure what changed.\n\n"
         "Start with `ppo-align recipes` to list the shipped recipes, `ppo-align validate RECIPE` to check "
-        "one, then `ppo-align train RECIPE`."
+        "one, `ppo-align train RECIPE` to train it, then `ppo-align eval runs/NAME` to see what changed."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -178,6 +178,10 @@ def eval_command(
         for skipped in result.data["skipped"]:
             err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {skipped['reason']}")
         out.print(result.headline())
+        latest = [f for f in result.data["flips"] if f["target"] == result.latest]
+        if latest:
+            out.print(f"{len(latest)} prompts changed refusal between the reference and {result.latest} "
+                      "(both responses of each under \"flips\" in results.json)", highlight=False)
         computed = len(result.data["computed"])
         out.print(f"[green]done[/green]: {result.path} ({computed} target×set evaluations computed, "
                   f"{len(result.targets) * len(result.data['evalsets']) - computed} reused from the cache)")
@@ -232,7 +236,7 @@ def main() -> None:
             err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted; the last complete checkpoint is intact (re-run the command to resume)")
+        err.print("interrupted; finished work is kept (complete checkpoints, cached evaluations): re-run the command to continue")
         sys.exit(130)
     except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --debug
         if debug:

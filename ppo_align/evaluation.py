@@ -215,6 +215,10 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     for s in evalsets:
         if s.items and not isinstance(s.items[0], EvalItem):
             raise UserError(f"eval set {s.name!r} holds judged responses, not prompts; fix: use it with `ppo-align judge`")
+    names = [s.name for s in evalsets]
+    if len(set(names)) != len(names):
+        raise UserError(f"eval sets {', '.join(names)}: two share a name (results are keyed by it); "
+                        "fix: rename one of the files")
     section = plan.model.model_copy(update={"quantization": plan.model.quantization.model_copy(update={"load_in_4bit": False})}) \
         if full_precision else plan.model
     from ppo_align.models import model_fingerprint

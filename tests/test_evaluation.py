@@ -211,6 +211,9 @@ def test_cache_recomputes_exactly_what_changed(tiny_run, tmp_path):
     # Generation settings are part of the key: everything is recomputed.
     assert len(evaluate(run, max_new_tokens=6, progress=False).data["computed"]) == 4
 
+    # So is the precision the base is loaded in.
+    assert len(evaluate(run, full_precision=True, progress=False).data["computed"]) == 4
+
     # Editing the eval set invalidates it (content hash), nothing else.
     mini = _write_set(tmp_path / "mini.jsonl", PROMPTS[:-1])
     assert len(evaluate(run, sets=[str(mini)], progress=False).data["computed"]) == 4
