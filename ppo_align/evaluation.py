@@ -40,7 +40,7 @@ from ppo_align.results import RESULTS, EvalResults
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-HARNESS_VERSION = "1"
+HARNESS_VERSION = "2"
 """Bump when the per-prompt numbers are computed differently: it invalidates every cache entry."""
 EVAL_DIR = "eval"
 # Gold-labelled responses every judge is measured on, and the measurement goes into the results:
@@ -330,16 +330,13 @@ class _Session:
         items: list[EvalItem] = evalset.items
         prompts = [encode_chat(tok, self._messages(item.prompt)) for item in items]
         settings = self.plan.settings
-        bar = self._progress(f"{target.name} · {evalset.name}", len(items) * 3)
+        bar = self._progress(f"{target.name} · {evalset.name}", len(items) * 2)
         context = inference.reference_mode(model) if target.adapter is None else nullcontext()
         clock = self.phase_seconds = {}
         with context:
-            with _timed(clock, "generate"):
-                generated = inference.generate(model, tok, prompts, settings, progress=bar)
-            with _timed(clock, "score_responses"):
-                responses = inference.score(model, tok, prompts, [g.response_ids for g in generated],
-                                            batch_size=settings.batch_size, with_reference=target.adapter is not None,
-                                            progress=bar)
+            with _timed(clock, "generate_and_score"):
+                generated = inference.generate(model, tok, prompts, settings, score_responses=True,
+                                               with_reference=target.adapter is not None, progress=bar)
             with _timed(clock, "score_openers_and_answers"):
                 margins = self._margins(model, prompts, items, settings.batch_size, bar)
                 answers = self._answer_logprobs(model, prompts, items, settings.batch_size)
@@ -348,7 +345,8 @@ class _Session:
             record = {
                 "id": item.id, "category": item.category, "expected": item.expected, "prompt": item.prompt,
                 "response": generated[i].text, "length": len(generated[i].response_ids),
-                "entropy": responses[i].entropy, "kl": responses[i].kl if target.adapter is not None else 0.0,
+                "entropy": generated[i].scored.entropy,
+                "kl": generated[i].scored.kl if target.adapter is not None else 0.0,
                 "margin": margins.get(i),
             }
             if item.contrast_id:

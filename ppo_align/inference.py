@@ -42,6 +42,8 @@ class Generated:
     text: str
     samples: list[str]
     """Sampled responses (empty unless ``samples`` > 0)."""
+    scored: "Scored | None" = None
+    """The greedy response's log-prob, entropy and KL (with ``score_responses``)."""
 
 
 def reference_mode(model):
@@ -74,9 +76,26 @@ def _cut(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
-def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
+@dataclass
+class Scored:
+    logprob: float
+    """Sum of log P(token) over the continuation."""
+    entropy: float | None = None
+    """Mean next-token entropy along the continuation (nats)."""
+    kl: float | None = None
+    """Sum over the continuation of the exact next-token KL(model || reference) (nats)."""
+
+
+def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSettings, *,
+             score_responses: bool = False, with_reference: bool = False,
              progress: Progress | None = None) -> list[Generated]:
-    """Responses to tokenized prompts, in the order given."""
+    """Responses to tokenized prompts, in the order given.
+
+    With ``score_responses``, each greedy response also gets its :class:`Scored` numbers
+    (log-prob, entropy and, ``with_reference``, the exact KL to the reference), taken from
+    the logits generation computes anyway: only the reference needs a teacher-forced pass,
+    which runs right after each batch so the kept logits never outlive it.
+    """
     import torch
 
     stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
@@ -86,7 +105,8 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
         ids, mask = _left_pad([prompts[i] for i in batch], pad_id)
         with torch.inference_mode():
-            greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **common)
+            greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
+                                    output_logits=score_responses, **common)
             sampled = None
             if settings.samples:
                 # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
@@ -96,27 +116,47 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
                     top_p=settings.top_p, top_k=0, num_return_sequences=settings.samples, **common,
                 )
         width = ids.shape[1]
+        responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
+        scores = _score_generated(model, tokenizer, [prompts[i] for i in batch], responses, greedy.logits,
+                                  with_reference) if score_responses else [None] * len(batch)
         for row, index in enumerate(batch):
-            response = _cut(greedy[row, width:].tolist(), stop_ids)
             samples = []
             if sampled is not None:
                 for s in range(settings.samples):
                     tokens = _cut(sampled[row * settings.samples + s, width:].tolist(), stop_ids)
                     samples.append(tokenizer.decode(tokens, skip_special_tokens=True))
-            out[index] = Generated(response, tokenizer.decode(response, skip_special_tokens=True), samples)
+            out[index] = Generated(responses[row], tokenizer.decode(responses[row], skip_special_tokens=True),
+                                   samples, scores[row])
         if progress:
             progress(len(batch))
     return out  # type: ignore[return-value]
 
 
-@dataclass
-class Scored:
-    logprob: float
-    """Sum of log P(token) over the continuation."""
-    entropy: float | None = None
-    """Mean next-token entropy along the continuation (nats)."""
-    kl: float | None = None
-    """Sum over the continuation of the exact next-token KL(model || reference) (nats)."""
+def _score_generated(model, tokenizer, prompts, responses, step_logits, with_reference: bool) -> list[Scored]:
+    """Scores of freshly generated responses from generation's own logits (one per step, for the whole batch)."""
+    import torch
+
+    reference = None
+    tail = max(len(r) for r in responses)
+    if with_reference and tail:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids, mask = _left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
+        with torch.inference_mode(), reference_mode(model):
+            reference = _tail_log_probs(model, ids, mask, tail)
+    scored = []
+    for row, response in enumerate(responses):
+        n = len(response)
+        if n == 0:
+            scored.append(Scored(0.0, None, 0.0 if with_reference else None))
+            continue
+        logp = torch.log_softmax(torch.stack([step[row] for step in step_logits[:n]]).float(), dim=-1)
+        token_logp = logp.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        kl = None
+        if reference is not None:
+            kl = float((logp.exp() * (logp - reference[row, tail - n:])).sum(-1).clamp_min(0).sum())
+        scored.append(Scored(float(token_logp.sum()), float(entropy.mean()), kl))
+    return scored
 
 
 def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int = 16,

@@ -325,3 +325,26 @@ def test_limit_spreads_over_categories_and_keeps_contrast_pairs():
     knowledge = load_evalset("knowledge").limited(25)
     assert len(knowledge) == 25 and len(knowledge.by_category()) == len(load_evalset("knowledge").by_category())
     assert full.limited(None) is full
+
+
+def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_model_dir):
+    """Log-prob, entropy and KL read from generation's logits equal a separate teacher-forced pass."""
+    from peft import PeftModel
+
+    from ppo_align import inference, models
+    from ppo_align.prompts import encode_chat
+    from ppo_align.recipe import ModelSection
+
+    section = ModelSection(source=str(tiny_model_dir))
+    tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
+    model = PeftModel.from_pretrained(models.load_for_inference(section, str(tiny_model_dir), tok),
+                                      str(tiny_run / "checkpoint-2" / "policy")).eval()
+    prompts = [encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS]
+    generated = inference.generate(model, tok, prompts, inference.GenerationSettings(max_new_tokens=10, batch_size=4),
+                                   score_responses=True, with_reference=True)
+    forced = inference.score(model, tok, prompts, [g.response_ids for g in generated], batch_size=3, with_reference=True)
+    for g, f in zip(generated, forced):
+        assert g.scored.logprob == pytest.approx(f.logprob, abs=1e-3)
+        assert g.scored.entropy == pytest.approx(f.entropy, abs=1e-3)
+        assert g.scored.kl == pytest.approx(f.kl, abs=1e-4)
+    assert sum(g.scored.kl for g in generated) > 0
