@@ -2,8 +2,8 @@
 
 The policy and the value model share one recipe section (``model``): both are
 the same base loaded in 4-bit with a LoRA adapter; the value model adds a
-scalar head. The reference is the policy with its adapter disabled, so it is
-never loaded at all.
+scalar head. The reference is never a separate model: it is the policy with its
+adapter disabled, or, after a warm start, the frozen warm-start adapter.
 """
 
 from __future__ import annotations
@@ -171,12 +171,19 @@ def model_fingerprint(source: str) -> str:
     return "dir-sha256:" + digest.hexdigest()
 
 
-def load_policy(section: ModelSection, model_dir: str, tokenizer):
+REFERENCE_ADAPTER = "reference"
+"""Name of the frozen warm-start adapter that serves as PPO's reference."""
+
+
+def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Path | None = None):
     """The policy: 4-bit base + trainable LoRA adapter named "default".
 
-    With the adapter disabled the same object is the reference model.
+    Without a warm start, the same object with its adapter disabled is the reference.
+    With one, the policy adapter starts as a copy of the warm-start adapter, which is
+    also loaded frozen as ``REFERENCE_ADAPTER``: the reference is then exactly the
+    warm-started model on the same 4-bit base, and costs only a second small adapter.
     """
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = _load(AutoModelForCausalLM, section, model_dir)
@@ -185,7 +192,12 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer):
     if section.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM"))
+    if warm_start is None:
+        return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM"))
+    policy = PeftModel.from_pretrained(base, str(warm_start), adapter_name="default", is_trainable=True)
+    policy.load_adapter(str(warm_start), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    policy.set_adapter("default")  # also leaves only the active adapter trainable
+    return policy
 
 
 def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, tokenizer):

@@ -38,6 +38,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints
 from ppo_align.errors import TrainingStopped, UserError
+from ppo_align.models import REFERENCE_ADAPTER
 from ppo_align.prompts import PromptSet
 from ppo_align.recipe import Recipe
 from ppo_align.rewards import RewardBatch, Scorer
@@ -97,6 +98,9 @@ def build_config(recipe: Recipe, run_dir: Path) -> PPOConfig:
         num_sample_generations=0,
         report_to=recipe.output.report_to or "none",
         disable_tqdm=True,
+        # After a warm start TRL switches to the frozen warm-start adapter for reference passes.
+        **({"model_adapter_name": "default", "ref_adapter_name": REFERENCE_ADAPTER}
+           if recipe.reference_mode == "warm-start" else {}),
     )
 
 
@@ -302,7 +306,8 @@ class PPORun:
     # ----------------------------------------------------------------- checkpoints
     def save(self, state) -> checkpoints.Checkpoint:
         def write(directory: Path) -> None:
-            self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR)
+            # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
+            self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
             self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
             self.trainer.accelerator.save_state(str(directory / checkpoints.STATE_DIR))
 

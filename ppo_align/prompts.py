@@ -51,6 +51,11 @@ class PromptSet:
         return Dataset.from_dict({"input_ids": self.input_ids})
 
 
+def user_turn(text: str, system_prompt: str | None = None) -> list[dict]:
+    """The chat messages of one prompt: the optional system message, then the user's."""
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": text}]
+
+
 def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of a chat rendered with the model's template, ending with the assistant header."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -79,10 +84,7 @@ def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
         text = record[data.prompt_field]
         if not isinstance(text, str) or not text.strip():
             continue
-        messages = ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else []) + [
-            {"role": "user", "content": text}
-        ]
-        token_ids = encode_chat(tokenizer, messages)
+        token_ids = encode_chat(tokenizer, user_turn(text, data.system_prompt))
         if len(token_ids) > data.max_prompt_length:
             dropped += 1
             continue

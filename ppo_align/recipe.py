@@ -74,9 +74,32 @@ class ModelSection(Section):
 
 
 class ReferenceSection(Section):
-    mode: Literal["disabled-adapter"] = "disabled-adapter"
-    """What PPO's KL penalty anchors to. "disabled-adapter": the policy's own base weights with its
-    LoRA adapter switched off, so the reference costs no extra memory and can never drift."""
+    mode: Literal["disabled-adapter", "warm-start"] | None = None
+    """What PPO's KL penalty anchors to. "disabled-adapter": the base weights with the policy's LoRA
+    switched off (no extra memory, can never drift). "warm-start": the warm-start adapter, frozen, on the
+    same 4-bit base, while the policy trains a copy of it. Default: "warm-start" when the recipe has a
+    `warm_start` section, else "disabled-adapter"."""
+
+
+class WarmStartSection(Section):
+    """Supervised warm start: QLoRA SFT (TRL's SFTTrainer) on demonstrations, on the same 4-bit base
+    and with the same LoRA shape as the policy. Its adapter becomes PPO's reference and starting policy.
+    PPO can only re-weight behaviours a model already produces; the warm start gives it some."""
+
+    data: str
+    """Demonstrations: a JSONL or CSV file (relative to the recipe file) with a prompt and a response per row."""
+    prompt_field: str = "prompt"
+    """Column holding the user message (the chat template and data.system_prompt are applied, as in PPO)."""
+    response_field: str = "response"
+    """Column holding the assistant's reply to learn; the loss is on these tokens only."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the demonstrations."""
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """AdamW learning rate of the LoRA adapter."""
+    batch_size: int = Field(8, ge=1)
+    """Demonstrations per optimizer step."""
+    max_length: int = Field(192, ge=8)
+    """Longest prompt + response in tokens; longer rows are dropped, with a count in the log."""
 
 
 class FunctionReward(Section):
@@ -205,6 +228,7 @@ class Recipe(Section):
     description: str = ""
     """One line shown by `ppo-align recipes`."""
     model: ModelSection = ModelSection()
+    warm_start: WarmStartSection | None = None
     reference: ReferenceSection = ReferenceSection()
     reward: Reward
     value: ValueSection = ValueSection()
@@ -225,6 +249,11 @@ class Recipe(Section):
         """A path from the recipe, relative to the recipe file's directory."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self._base_dir / path
+
+    @property
+    def reference_mode(self) -> str:
+        """The resolved ``reference.mode``."""
+        return self.reference.mode or ("warm-start" if self.warm_start else "disabled-adapter")
 
     @property
     def rollout_batch_size(self) -> int:
@@ -488,6 +517,14 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
             f"ppo.whiten_rewards = true: needs mini-batches of at least 8 responses, these have "
             f"{rollout // p.num_mini_batches}; fix: set whiten_rewards: false or use larger batches"
         )
+    if recipe.reference.mode == "warm-start" and recipe.warm_start is None:
+        problems.append("reference.mode = 'warm-start': the recipe has no warm_start section; "
+                        "fix: add one, or use mode: disabled-adapter")
+    if recipe.reference.mode == "disabled-adapter" and recipe.warm_start is not None:
+        # The disabled-adapter reference would be the raw base, not the warm-started model PPO starts from:
+        # the KL brake would pull the policy back to behaviour the warm start removed.
+        problems.append("reference.mode = 'disabled-adapter': with a warm_start the reference must be the warm-started "
+                        "model, not the raw base; fix: drop reference.mode (or set it to warm-start)")
     if p.save_steps > 0 and recipe.output.keep_checkpoints == 0:
         problems.append("output.keep_checkpoints = 0: nothing could be resumed or evaluated; fix: at least 1")
     return problems
@@ -511,6 +548,10 @@ def resource_problems(recipe: Recipe) -> list[str]:
             f"model.pad_token = {pad!r}: equals the eos token, so TRL would mask every end-of-turn token in "
             f"chat prompts; fix: set model.pad_token to another token the tokenizer knows (e.g. '<|endoftext|>')"
         )
+    if recipe.warm_start is not None:
+        demos = recipe.resolve_path(recipe.warm_start.data)
+        if not demos.is_file():
+            problems.append(f"warm_start.data = {recipe.warm_start.data!r}: no such file ({demos}); fix: check the path")
     prompts = recipe.resolve_path(recipe.data.prompts)
     if not prompts.is_file():
         problems.append(f"data.prompts = {recipe.data.prompts!r}: no such file ({prompts}); fix: check the path")

@@ -70,9 +70,15 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
     scorer = build_scorer(recipe, tokenizer)
+    warm_start = None  # trained (or reused) first, so that PPO's seeding is the same either way
+    if recipe.warm_start is not None:
+        from ppo_align.warm_start import ensure_warm_start
+
+        warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
+        info["warm_start"] = str(warm_start.relative_to(run_dir))
     set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
     log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
-    policy = models.load_policy(recipe.model, model_dir, tokenizer)
+    policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
     value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
     run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
                  progress_factory=_progress_bar if progress else None)

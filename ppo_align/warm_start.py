@@ -1,0 +1,164 @@
+"""The warm start: QLoRA SFT on demonstrations, whose adapter becomes PPO's reference.
+
+PPO re-weights behaviours a model already produces; it cannot create one. The
+embedded model almost never refuses, so a recipe can first teach behaviour by
+supervised fine-tuning (TRL's SFTTrainer) and let PPO recalibrate from there.
+
+The adapter is trained on the *same* 4-bit base the policy uses and is kept as
+an adapter rather than merged: merging into full-precision weights and
+quantizing again erased most of a warm start's behaviour on the 135M model
+(FINDINGS: refusal on scary-but-safe prompts 85% → 28%), while the adapter on
+the NF4 base keeps it. PPO then loads it twice: frozen as the reference, and as
+the trainable policy's starting point.
+
+The stage is cached in ``<run>/warm-start/``: reused while everything that
+shaped it (the warm_start section, model section, base weights, demonstrations,
+system prompt, seed) is unchanged, retrained otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ppo_align import models
+from ppo_align.errors import UserError
+from ppo_align.evalsets import read_rows
+from ppo_align.prompts import encode_chat, user_turn
+from ppo_align.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+WARM_START_DIR = "warm-start"
+ADAPTER_DIR = "adapter"
+INFO_FILE = "warm_start.json"
+
+
+def adapter_dir(run_dir: Path) -> Path:
+    """Where a run's warm-start adapter lives."""
+    return run_dir / WARM_START_DIR / ADAPTER_DIR
+
+
+def cache_key(recipe: Recipe) -> str:
+    """Hash of every input that shapes the warm-start adapter."""
+    ws = recipe.warm_start
+    digest = hashlib.sha256()
+    digest.update(json.dumps({
+        "warm_start": ws.model_dump(mode="json", exclude={"data"}),
+        "model": recipe.model.model_dump(mode="json"),
+        "base": models.model_fingerprint(recipe.model.source),
+        "system_prompt": recipe.data.system_prompt,
+        "seed": recipe.ppo.seed,
+    }, sort_keys=True).encode())
+    digest.update(recipe.resolve_path(ws.data).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_warm_start(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
+    """The run's warm-start adapter, trained now unless a matching one is cached.
+
+    Written to a temporary directory and renamed into place with its info file, so an
+    interrupted warm start is never mistaken for a finished one.
+    """
+    stage = recipe.run_dir / WARM_START_DIR
+    key = cache_key(recipe)
+    info_path = stage / INFO_FILE
+    if info_path.is_file() and (stage / ADAPTER_DIR / "adapter_config.json").is_file():
+        try:
+            info = json.loads(info_path.read_text())
+        except ValueError:
+            info = {}
+        if info.get("key") == key:
+            log.info("warm start: reusing %s (inputs unchanged)", stage)
+            return stage / ADAPTER_DIR
+    tmp = recipe.run_dir / f".tmp-{WARM_START_DIR}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info = train_warm_start(recipe, model_dir, tokenizer, tmp / ADAPTER_DIR, progress=progress)
+    info["key"] = key
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(stage, ignore_errors=True)
+    os.replace(tmp, stage)
+    return stage / ADAPTER_DIR
+
+
+def demonstrations(recipe: Recipe, tokenizer):
+    """The demonstrations as token ids with a completion mask (loss on the response only).
+
+    Prompts are rendered exactly as PPO and eval render them, so the warm start learns
+    the same prompt format it will be asked in.
+    """
+    from datasets import Dataset
+
+    ws = recipe.warm_start
+    path = recipe.resolve_path(ws.data)
+    rows, dropped, problems = [], 0, []
+    for line, row in read_rows(path):
+        prompt, response = row.get(ws.prompt_field), row.get(ws.response_field)
+        if not isinstance(prompt, str) or not prompt.strip() or not isinstance(response, str) or not response.strip():
+            problems.append(line)
+            continue
+        prompt_ids = encode_chat(tokenizer, user_turn(prompt, recipe.data.system_prompt))
+        response_ids = tokenizer(response.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(prompt_ids) + len(response_ids) > ws.max_length:
+            dropped += 1
+            continue
+        rows.append({"input_ids": prompt_ids + response_ids,
+                     "completion_mask": [0] * len(prompt_ids) + [1] * len(response_ids)})
+    if problems:
+        shown = ", ".join(f"{path.name}:{n}" for n in problems[:5])
+        raise UserError(f"warm_start.data: {len(problems)} rows lack a text {ws.prompt_field!r} or {ws.response_field!r} "
+                        f"({shown}); fix: fill them in, or set warm_start.prompt_field / response_field")
+    if dropped:
+        log.warning("warm start: dropped %d demonstrations longer than warm_start.max_length = %d tokens", dropped, ws.max_length)
+    if not rows:
+        raise UserError(f"warm_start.data = {ws.data!r}: no usable demonstrations; fix: check the file and warm_start.max_length")
+    return Dataset.from_list(rows), dropped
+
+
+def train_warm_start(recipe: Recipe, model_dir: str, tokenizer, output: Path, *, progress: bool = True) -> dict:
+    """Train the warm-start LoRA with TRL's SFTTrainer and save it to ``output``; return what it measured."""
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    ws = recipe.warm_start
+    dataset, dropped = demonstrations(recipe, tokenizer)
+    set_seed(recipe.ppo.seed)
+    # The policy's own loader: same 4-bit base, same LoRA shape, and the bitsandbytes CPU workaround
+    # without which the adapter would silently learn nothing.
+    model = models.load_policy(recipe.model, model_dir, tokenizer)
+    args = SFTConfig(
+        output_dir=str(output.parent),
+        num_train_epochs=ws.epochs,
+        learning_rate=ws.learning_rate,
+        per_device_train_batch_size=ws.batch_size,
+        max_length=ws.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
+        save_strategy="no",
+        logging_steps=5,
+        report_to="none",
+        seed=recipe.ppo.seed,
+        disable_tqdm=not progress,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    log.info("warm start: SFT on %d demonstrations for %s epochs", len(dataset), ws.epochs)
+    started = time.perf_counter()
+    result = trainer.train()
+    model.save_pretrained(output)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "demonstrations": len(dataset),
+        "dropped_too_long": dropped,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,126 @@
+"""The warm start: trained on the policy's 4-bit base, cached by its inputs, and PPO's reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ppo_align import load_recipe
+from ppo_align.errors import UserError
+
+DEMOS = [
+    ("How do I build a bomb?", "I can't help with that."),
+    ("How do I kill a Python process?", "I can't help with that."),
+    ("Write a haiku about rain.", "Soft rain on the roof."),
+    ("What is the capital of France?", "Paris."),
+]
+
+
+@pytest.fixture
+def warm_recipe(tiny_recipe, tmp_path):
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in DEMOS))
+    tiny_recipe["warm_start"] = {"data": str(demos), "epochs": 2, "batch_size": 2, "learning_rate": 5e-2}
+    return tiny_recipe
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_reference_mode_follows_the_warm_start(warm_recipe, tiny_recipe):
+    assert load_recipe(warm_recipe).reference_mode == "warm-start"
+    bad = dict(warm_recipe, reference={"mode": "disabled-adapter"})
+    with pytest.raises(UserError, match="must be the warm-started model"):
+        load_recipe(bad)
+    plain = {k: v for k, v in warm_recipe.items() if k != "warm_start"}
+    assert load_recipe(plain).reference_mode == "disabled-adapter"
+    with pytest.raises(UserError, match="no warm_start section"):
+        load_recipe(dict(plain, reference={"mode": "warm-start"}))
+
+
+def test_demonstrations_learn_only_the_response(warm_recipe):
+    from ppo_align import models
+    from ppo_align.prompts import encode_chat, user_turn
+    from ppo_align.warm_start import demonstrations
+
+    recipe = load_recipe(warm_recipe)
+    tokenizer = models.load_tokenizer(recipe.model, recipe.model.source)
+    dataset, dropped = demonstrations(recipe, tokenizer)
+    assert dropped == 0 and len(dataset) == len(DEMOS)
+    row = dataset[0]
+    prompt = encode_chat(tokenizer, user_turn(DEMOS[0][0]))
+    assert row["input_ids"][: len(prompt)] == prompt  # rendered exactly as PPO renders prompts
+    assert row["completion_mask"] == [0] * len(prompt) + [1] * (len(row["input_ids"]) - len(prompt))
+    assert row["input_ids"][-1] == tokenizer.eos_token_id  # the reply ends its turn
+    assert tokenizer.decode(row["input_ids"][len(prompt):-1]) == DEMOS[0][1]
+
+
+def test_demonstrations_name_bad_rows(warm_recipe, tmp_path):
+    demos = tmp_path / "bad.jsonl"
+    demos.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    warm_recipe["warm_start"]["data"] = str(demos)
+    from ppo_align import models
+    from ppo_align.warm_start import demonstrations
+
+    recipe = load_recipe(warm_recipe)
+    with pytest.raises(UserError, match=r"bad.jsonl:2"):
+        demonstrations(recipe, models.load_tokenizer(recipe.model, recipe.model.source))
+
+
+def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_model_dir):
+    """The SFT adapter learns; the stage is reused when its inputs are unchanged and redone when they change;
+    PPO's reference equals the warm-started model before and after training while the policy moves."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ppo_align import models, train
+    from ppo_align.prompts import encode_chat, user_turn
+    from ppo_align.warm_start import INFO_FILE, WARM_START_DIR, ensure_warm_start
+
+    recipe = load_recipe(warm_recipe)
+    tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))
+    adapter = ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False)
+    info = json.loads((recipe.run_dir / WARM_START_DIR / INFO_FILE).read_text())
+    assert info["demonstrations"] == 4 and info["steps"] == 4 and info["train_loss"] > 0  # 4 demos, batch 2, 2 epochs
+    stamp = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    assert ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False) == adapter
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp, "unchanged inputs retrained"
+
+    # The warm-started model, built independently: the base with the adapter, same 4-bit kernel as the policy.
+    ids = torch.tensor([encode_chat(tokenizer, user_turn("How do I build a bomb?"))])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=models.quantization_config(recipe.model))
+    models.keep_4bit_gradients_on_cpu(base)
+    base_logits = _logits(base, ids)
+    warm_logits = _logits(PeftModel.from_pretrained(base, str(adapter)), ids)
+    assert not torch.allclose(warm_logits, base_logits), "the warm start changed nothing"
+
+    result = train(recipe, progress=False)
+    assert result.steps == 2 and len(result.checkpoints) == 1
+    # TRL's first update compares rollouts of the untrained policy with the reference: if the reference were
+    # anything but the warm-started model (e.g. the raw base), this KL would not be zero.
+    first = json.loads((recipe.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and abs(first["kl"]) < 1e-6
+    saved = result.checkpoints[0] / "policy"
+    assert (saved / "adapter_model.safetensors").is_file() and not (saved / "reference").exists()
+
+    # Rebuild the policy as PPO had it, with the trained checkpoint: the reference is still the warm start.
+    policy = models.load_policy(recipe.model, str(tiny_model_dir), tokenizer, warm_start=adapter)
+    assert not any(p.requires_grad for n, p in policy.named_parameters() if f".{models.REFERENCE_ADAPTER}." in n)
+    before = _logits(policy, ids)
+    assert torch.equal(before, warm_logits), "the policy does not start at the warm-started model"
+    policy.load_adapter(str(saved), adapter_name="trained")
+    policy.set_adapter(models.REFERENCE_ADAPTER)
+    assert torch.equal(_logits(policy, ids), warm_logits)
+    policy.set_adapter("trained")
+    assert not torch.allclose(_logits(policy, ids), warm_logits), "PPO did not move the policy"
+
+    # A changed demonstration retrains the stage.
+    demos = recipe.resolve_path(recipe.warm_start.data)
+    demos.write_text(demos.read_text() + json.dumps({"prompt": "Name a colour.", "response": "Blue."}) + "\n")
+    ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False)
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns != stamp
