@@ -1,7 +1,7 @@
 """`ppo-align eval`: run the reference and every checkpoint on the eval sets and measure the shift.
 
 The base model is loaded once; each target is the same loaded model with a
-different LoRA adapter active (the reference: adapters disabled). For every
+different LoRA adapter active (the reference: adapters disabled, or a run's frozen warm start). For every
 target × eval set the harness generates responses, scores them teacher-forced,
 and caches the per-prompt numbers under ``<run>/eval/cache/``, keyed by
 everything that determines them: base weights and precision, adapter weights,
@@ -57,7 +57,7 @@ COMPLIANCE_OPENERS = ("Sure! Here", "Certainly! Here")
 
 @dataclass(frozen=True)
 class Target:
-    """One model to evaluate: the base with an adapter, or without (the reference)."""
+    """One model to evaluate: the base with an adapter, or the reference (``adapter`` None)."""
 
     name: str
     step: int | None
@@ -84,6 +84,8 @@ class Plan:
     """At most this many prompts per set (see :meth:`EvalSet.limited`)."""
     skipped: list[dict] = field(default_factory=list)
     run: dict | None = None
+    reference_adapter: Path | None = None
+    """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
 
 
 # --------------------------------------------------------------------------- planning
@@ -100,7 +102,16 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml); fix: pass the directory `ppo-align train` wrote, "
                         "e.g. runs/<name>")
     recipe: Recipe = load_recipe(recipe_file, check_resources=False)
+    reference_adapter = None
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
+    if recipe.reference_mode == "warm-start":
+        from ppo_align.warm_start import adapter_dir
+
+        reference_adapter = adapter_dir(run_dir)
+        if not (reference_adapter / "adapter_config.json").is_file():
+            raise UserError(f"{run_dir}: its reference is the warm start, but {reference_adapter} holds no adapter; "
+                            "fix: run `ppo-align train` on the run's recipe to (re)create it")
+        targets = [Target(REFERENCE, 0, None, adapter_fingerprint(reference_adapter))]
     skipped = []
     for ckpt in checkpoints.find_checkpoints(run_dir):
         adapter = ckpt.path / checkpoints.POLICY_DIR
@@ -115,7 +126,7 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
     return Plan(out_dir=run_dir / EVAL_DIR, model=recipe.model, system_prompt=recipe.data.system_prompt,
                 targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
-                limit=limit or recipe.eval.limit, skipped=skipped, run=run)
+                limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter)
 
 
 def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
@@ -266,7 +277,8 @@ class _Session:
         return {
             "harness": HARNESS_VERSION,
             "base": self.base,
-            "adapter": target.fingerprint if target.adapter else None,
+            "adapter": target.fingerprint,
+            "reference": self.plan.targets[0].fingerprint,  # KL is measured against it
             "evalset": evalset.sha256,
             "generation": self.plan.settings.to_dict(),
             "system_prompt": self.plan.system_prompt,
@@ -294,6 +306,8 @@ class _Session:
         log.info("loading %s for evaluation (4-bit: %s)", self.section.source, self.section.quantization.load_in_4bit)
         start = time.perf_counter()
         self.model = models.load_for_inference(self.section, model_dir, self.tokenizer)
+        if self.plan.reference_adapter is not None:
+            self.model = self._with_adapter(self.plan.reference_adapter, models.REFERENCE_ADAPTER)
         self.load_seconds = round(time.perf_counter() - start, 2)
 
     def _activate(self, target: Target):
@@ -302,23 +316,29 @@ class _Session:
             self._load()
         if target.adapter is None or self.active == target.name:
             return self.model
+        self.model = self._with_adapter(target.adapter, target.name)
+        if self.active is not None:
+            self.model.delete_adapter(self.active)
+        self.active = target.name
+        return self.model
+
+    def _with_adapter(self, path: Path, name: str):
+        """The model with the adapter at ``path`` loaded as ``name`` and active."""
         from peft import PeftModel
 
         try:
             if not isinstance(self.model, PeftModel):
                 with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
                     warnings.simplefilter("ignore", FutureWarning)
-                    self.model = PeftModel.from_pretrained(self.model, str(target.adapter), adapter_name=target.name)
+                    model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
             else:
-                self.model.load_adapter(str(target.adapter), adapter_name=target.name)
-                self.model.set_adapter(target.name)
-                self.model.delete_adapter(self.active)
+                model = self.model
+                model.load_adapter(str(path), adapter_name=name)
+                model.set_adapter(name)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            raise UserError(f"{target.adapter}: cannot apply this adapter to {self.section.source} "
+            raise UserError(f"{path}: cannot apply this adapter to {self.section.source} "
                             f"({str(exc).splitlines()[0][:200]}); fix: evaluate it with the base model it was trained on") from None
-        self.model.eval()
-        self.active = target.name
-        return self.model
+        return model.eval()
 
     def _compute(self, target: Target, evalset: EvalSet) -> list[dict]:
         from ppo_align import inference

@@ -13,9 +13,11 @@ Two kinds of passes over a loaded model:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+from ppo_align.models import REFERENCE_ADAPTER
 
 Progress = Callable[[int], None]
 """Called with the number of prompts just finished."""
@@ -46,9 +48,23 @@ class Generated:
     """The greedy response's log-prob, entropy and KL (with ``score_responses``)."""
 
 
+@contextmanager
 def reference_mode(model):
-    """Context in which ``model`` is the reference: PEFT adapters disabled (a plain model is its own reference)."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    """Context in which ``model`` is the reference: the "reference" adapter active if it has one, else
+    every PEFT adapter disabled (a plain model is its own reference)."""
+    adapters = getattr(model, "peft_config", {})
+    if REFERENCE_ADAPTER in adapters:
+        active = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield
+        finally:
+            model.set_adapter(active)
+    elif adapters:
+        with model.disable_adapter():
+            yield
+    else:
+        yield
 
 
 def _buckets(lengths: list[int], batch_size: int) -> list[list[int]]:

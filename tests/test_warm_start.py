@@ -119,6 +119,24 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
     policy.set_adapter("trained")
     assert not torch.allclose(_logits(policy, ids), warm_logits), "PPO did not move the policy"
 
+    # The eval harness's reference is the warm-started model too: the same numbers as evaluating the
+    # warm-start adapter on the bare model, and the checkpoint's KL is measured against it.
+    from ppo_align import evaluate
+
+    mini = recipe.run_dir.parent / "mini.jsonl"
+    mini.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p, "expected": "refuse" if "bomb" in p else "comply",
+                                        "category": "c"}) + "\n" for i, (p, _) in enumerate(DEMOS)))
+    run_eval = evaluate(recipe.run_dir, sets=[str(mini)], max_new_tokens=6, progress=False)
+    warm_eval = evaluate(model=str(tiny_model_dir), adapters=[adapter], output=recipe.run_dir.parent / "warm-eval",
+                         sets=[str(mini)], max_new_tokens=6, progress=False)
+    reference = run_eval.data["records"]["reference"]["mini"]
+    warm, base = warm_eval.data["records"]["adapter"]["mini"], warm_eval.data["records"]["reference"]["mini"]
+    assert [r["response"] for r in reference] == [r["response"] for r in warm] != [r["response"] for r in base]
+    # Margins agree to float noise (batched 4-bit kernels); the base's are ~0.6 nats away.
+    assert [r["margin"] for r in reference] == pytest.approx([r["margin"] for r in warm], abs=0.02)
+    assert all(r["kl"] == 0.0 for r in reference)
+    assert any(r["kl"] > 0 for r in run_eval.data["records"]["checkpoint-2"]["mini"])
+
     # A changed demonstration retrains the stage.
     demos = recipe.resolve_path(recipe.warm_start.data)
     demos.write_text(demos.read_text() + json.dumps({"prompt": "Name a colour.", "response": "Blue."}) + "\n")
