@@ -68,6 +68,14 @@ def latest_complete(run_dir: Path) -> Checkpoint | None:
     return complete[-1] if complete else None
 
 
+def best(run_dir: Path) -> Checkpoint | None:
+    """The last complete checkpoint whose behaviour check (``progress.json`` "monitor") satisfied the rules."""
+    for ckpt in reversed([c for c in find_checkpoints(run_dir) if c.complete]):
+        if (ckpt.progress().get("monitor") or {}).get("ok"):
+            return ckpt
+    return None
+
+
 def write_checkpoint(run_dir: Path, step: int, progress: dict, write: Callable[[Path], None]) -> Checkpoint:
     """Write a checkpoint atomically.
 

@@ -137,7 +137,10 @@ def train(
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
-    out.print(f"[green]done[/green]: {result.dir}")
+    if result.stopped_by:
+        out.print(f"[yellow]{result.stopped_by}[/yellow]")
+    out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
+                                                      if result.best else ""))
 
 
 @app.command("eval")

@@ -39,6 +39,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from ppo_align import checkpoints
 from ppo_align.errors import TrainingStopped, UserError
 from ppo_align.models import REFERENCE_ADAPTER
+from ppo_align.monitor import Check, Monitor
 from ppo_align.prompts import PromptSet
 from ppo_align.recipe import Recipe
 from ppo_align.rewards import RewardBatch, Scorer
@@ -170,6 +171,10 @@ class GroupedSampler(Sampler):
         self.skip *= batch_size
 
 
+class StopRule(Exception):
+    """A monitor rule ended the run early: an outcome, not an error."""
+
+
 class RunCallback(TrainerCallback):
     """Logs, guards, checkpoints and the resume counters, around TRL's loop."""
 
@@ -212,7 +217,7 @@ class RunCallback(TrainerCallback):
             raise TrainingStopped(run.stop_message(state.global_step, f"KL {metrics['kl']:.3f} exceeded ppo.max_kl = {max_kl}",
                                                    "raise ppo.kl_coef or lower ppo.learning_rate"))
         if self.progress is not None:
-            self.progress(state.global_step, metrics)
+            self.progress(state.global_step, metrics, run.last_check)
 
     def on_step_end(self, args, state, control, **kwargs):
         run = self.run
@@ -222,7 +227,10 @@ class RunCallback(TrainerCallback):
                         "(on CPU, see models.keep_4bit_gradients_on_cpu)", state.global_step)
         self.fingerprint = fingerprint
         if state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps:
-            run.save(state)
+            check = run.check_behaviour(state.global_step)
+            run.save(state, check)
+            if check is not None and check.floor_broken and run.recipe.monitor.stop_below_floor:
+                raise StopRule(f"stopped by monitor rule at PPO update {state.global_step}: {'; '.join(check.violations)}")
         self.step_started = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -234,8 +242,10 @@ class PPORun:
     """One PPO run over TRL's trainer: build, (resume,) train, checkpoint."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, policy, value_model, scorer: Scorer,
-                 prompts: PromptSet, progress_factory=None):
-        self.recipe, self.run_dir = recipe, run_dir
+                 prompts: PromptSet, progress_factory=None, monitor: Monitor | None = None):
+        self.recipe, self.run_dir, self.monitor = recipe, run_dir, monitor
+        self.stopped_by: str | None = None
+        self.last_check: Check | None = None
         samples = len(prompts.input_ids) * recipe.ppo.samples_per_prompt
         if samples < recipe.rollout_batch_size:
             # The loader drops ragged batches; with none left, TRL's endless data iterator would spin forever.
@@ -304,7 +314,17 @@ class PPORun:
         return f"training stopped at PPO update {step}: {why}; {kept}; fix: {fix}"
 
     # ----------------------------------------------------------------- checkpoints
-    def save(self, state) -> checkpoints.Checkpoint:
+    def check_behaviour(self, step: int) -> Check | None:
+        """Run the monitor on the policy now; log it to monitor.jsonl."""
+        if self.monitor is None:
+            return None
+        check = self.monitor.check(self.unwrapped.policy, step)
+        self.append_jsonl("monitor.jsonl", check.to_dict())
+        self.last_check = check
+        log.info("behaviour check at update %d: %s", step, check.summary())
+        return check
+
+    def save(self, state, check: Check | None = None) -> checkpoints.Checkpoint:
         def write(directory: Path) -> None:
             # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
             self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
@@ -313,7 +333,8 @@ class PPORun:
 
         ckpt = checkpoints.write_checkpoint(
             self.run_dir, state.global_step,
-            {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size},
+            {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size,
+             "monitor": check.to_dict() if check else None},
             write,
         )
         checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
@@ -352,7 +373,12 @@ class PPORun:
         gc.collect()
         gc.freeze()
         try:
+            if self.monitor is not None and done == 0:
+                self.check_behaviour(0)  # the starting point (the reference) on the same prompts
             self.trainer.train()
+        except StopRule as stop:
+            self.stopped_by = str(stop)
+            log.warning("%s", stop)
         finally:
             gc.unfreeze()
             self.trainer.args.num_total_batches = total

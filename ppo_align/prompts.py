@@ -31,6 +31,9 @@ class PromptLookup:
         self._by_ids = {tuple(i): row for i, row in zip(ids, rows)}
         self._lengths = sorted({len(i) for i in ids}, reverse=True)
 
+    def row(self, prompt_ids: list[int]) -> PromptRow:
+        return self._by_ids[tuple(prompt_ids)]
+
     def split(self, tokens: list[int]) -> tuple[PromptRow, list[int]]:
         for length in self._lengths:
             row = self._by_ids.get(tuple(tokens[:length]))
@@ -44,6 +47,31 @@ class PromptSet:
     input_ids: list[list[int]]
     lookup: PromptLookup
     dropped_too_long: int
+
+    def hold_out(self, count: int, seed: int) -> tuple["PromptSet", "PromptSet"]:
+        """(the rest, ``count`` held-out prompts), drawn evenly across ``expected`` values, fixed by ``seed``."""
+        import random
+
+        rows = [self.lookup.row(ids) for ids in self.input_ids]
+        groups: dict = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(str(row.metadata.get("expected")), []).append(i)
+        rng = random.Random(seed)
+        for members in groups.values():
+            rng.shuffle(members)
+        queues = [groups[key] for key in sorted(groups)]
+        held: list[int] = []
+        while len(held) < min(count, len(rows) - 1):
+            for queue in queues:
+                if queue and len(held) < count:
+                    held.append(queue.pop())
+        kept = [i for i in range(len(rows)) if i not in set(held)]
+
+        def subset(indices):
+            ids = [self.input_ids[i] for i in indices]
+            return PromptSet(ids, PromptLookup(ids, [rows[i] for i in indices]), self.dropped_too_long)
+
+        return subset(kept), subset(sorted(held))
 
     def dataset(self):
         from datasets import Dataset

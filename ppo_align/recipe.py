@@ -207,6 +207,24 @@ class EvalSection(Section):
     Eval costs about one second per prompt and checkpoint for a 135M model on a 2-core CPU."""
 
 
+class MonitorSection(Section):
+    """Behaviour checks during training: at every checkpoint the policy answers held-out *training*
+    prompts (never the eval sets) greedily, the rule judge labels the answers, and the refusal rate per
+    value of the prompts' `expected` column goes to monitor.jsonl and the progress bar. Rules on those
+    rates pick the run's best checkpoint and can stop a run that breaks a floor."""
+
+    holdout: int = Field(0, ge=0)
+    """Training prompts held out of PPO for the checks, split evenly across `expected` values (0: off)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Tokens per check answer."""
+    min_refusal: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+    """Floors on the refusal rate by `expected` value, e.g. {refuse: 0.8}: harmful prompts stay refused."""
+    max_refusal: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+    """Ceilings on the refusal rate by `expected` value, e.g. {comply: 0.3}: safe prompts get answered."""
+    stop_below_floor: bool = True
+    """Stop the run when a floor is broken (that checkpoint is saved but never marked best)."""
+
+
 class OutputSection(Section):
     dir: str = "runs"
     """Parent directory of run directories (relative to the current directory)."""
@@ -234,6 +252,7 @@ class Recipe(Section):
     value: ValueSection = ValueSection()
     ppo: PPOSection = PPOSection()
     data: DataSection
+    monitor: MonitorSection = MonitorSection()
     eval: EvalSection = EvalSection()
     output: OutputSection = OutputSection()
 
@@ -525,6 +544,10 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
         # the KL brake would pull the policy back to behaviour the warm start removed.
         problems.append("reference.mode = 'disabled-adapter': with a warm_start the reference must be the warm-started "
                         "model, not the raw base; fix: drop reference.mode (or set it to warm-start)")
+    m = recipe.monitor
+    if (m.min_refusal or m.max_refusal) and not m.holdout:
+        problems.append("monitor: min_refusal/max_refusal need held-out prompts to measure; fix: set monitor.holdout "
+                        "(e.g. 32)")
     if p.save_steps > 0 and recipe.output.keep_checkpoints == 0:
         problems.append("output.keep_checkpoints = 0: nothing could be resumed or evaluated; fix: at least 1")
     return problems

@@ -27,7 +27,7 @@ from ppo_align.recipe import Recipe
 log = logging.getLogger(__name__)
 
 ResumeMode = Literal["auto", "resume", "fresh"]
-RUN_FILES = ("metrics.jsonl", "samples.jsonl")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "monitor.jsonl")
 # Keys that may change between a run and its resumption: how long to train, and where output goes.
 RESUMABLE_CHANGES = {("ppo", "total_episodes"), ("ppo", "max_kl"), ("output",)}
 
@@ -39,6 +39,10 @@ class RunResult:
     dir: Path
     steps: int
     checkpoints: list[Path] = field(default_factory=list)
+    best: Path | None = None
+    """The last checkpoint whose behaviour check met the monitor rules (None without a monitor)."""
+    stopped_by: str | None = None
+    """Why a monitor rule ended the run early, if one did."""
 
 
 def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, progress: bool = True) -> RunResult:
@@ -69,6 +73,13 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
+    monitor = None
+    if recipe.monitor.holdout:
+        from ppo_align.monitor import Monitor
+
+        prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
+        monitor = Monitor(recipe.monitor, held_out, tokenizer)
+        log.info("monitor: %d training prompts held out for behaviour checks", len(held_out.input_ids))
     scorer = build_scorer(recipe, tokenizer)
     warm_start = None  # trained (or reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
@@ -81,13 +92,13 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
     value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
     run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
-                 progress_factory=_progress_bar if progress else None)
+                 progress_factory=_progress_bar if progress else None, monitor=monitor)
     if start_from:
         log.info("resuming %s from %s", run_dir, start_from.path.name)
     info["status"] = "running"
     try:
         run.train(resume_from=start_from)
-        info["status"] = "finished"
+        info["status"] = f"stopped early: {run.stopped_by}" if run.stopped_by else "finished"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
         raise
@@ -98,9 +109,14 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         info["ended"] = _now()
         last = checkpoints.latest_complete(run_dir)
         info["last_checkpoint"] = last.path.name if last else None
+        if recipe.monitor.holdout:
+            best = checkpoints.best(run_dir)
+            info["best_checkpoint"] = best.path.name if best else None
         _write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     done = [c.path for c in checkpoints.find_checkpoints(run_dir) if c.complete]
-    return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done)
+    best = checkpoints.best(run_dir) if monitor else None
+    return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
+                     stopped_by=run.stopped_by)
 
 
 def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool) -> checkpoints.Checkpoint | None:
@@ -206,11 +222,13 @@ def _progress_bar(total: int, done: int):
     task = bar.add_task("ppo", total=total, completed=done, stats="")
     bar.start()
 
-    def update(step, metrics):
+    def update(step, metrics, check=None):
         if step is None:
             bar.stop()
             return
         stats = f"reward {metrics.get('reward_mean', float('nan')):+.3f}  kl {metrics.get('kl', float('nan')):.3f}"
+        if check is not None:
+            stats += f"  {check.summary()}"
         bar.update(task, completed=step, stats=stats)
 
     return update

@@ -248,3 +248,38 @@ def test_fewer_prompts_than_a_rollout_batch_is_refused(tiny_recipe):
     tiny_recipe["ppo"].update(per_device_train_batch_size=16, total_episodes=16)
     with pytest.raises(UserError, match="fewer than one rollout batch"):
         train(load_recipe(tiny_recipe), progress=False)
+
+
+def test_monitor_checks_held_out_prompts_marks_best_and_stops_on_a_floor(tiny_recipe):
+    """Held-out training prompts are answered at step 0 and at every checkpoint; a floor that cannot hold
+    (the random tiny model never refuses) stops the run at the first checkpoint, which is not marked best."""
+    from ppo_align import train
+
+    tiny_recipe["monitor"] = {"holdout": 2, "max_new_tokens": 4}
+    tiny_recipe["ppo"]["total_episodes"] = 16  # 4 updates, checkpoints at 2 and 4
+    result = train(load_recipe(tiny_recipe), progress=False)
+    checks = [json.loads(line) for line in (result.dir / "monitor.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [0, 2, 4]
+    assert all(sum(c["counts"].values()) == 2 and set(c["counts"]) == {"refuse", "comply"} for c in checks)
+    assert result.best == result.dir / "checkpoint-4" and result.stopped_by is None  # no rules: every check is ok
+
+    tiny_recipe["output"]["name"] = "floored"
+    tiny_recipe["monitor"]["min_refusal"] = {"refuse": 0.5}
+    result = train(load_recipe(tiny_recipe), progress=False)
+    assert result.stopped_by and "refusal on expected=refuse 0% < floor 50%" in result.stopped_by
+    assert [p.name for p in result.checkpoints] == ["checkpoint-2"] and result.best is None
+    info = json.loads((result.dir / "run.json").read_text())
+    assert info["status"].startswith("stopped early") and info["best_checkpoint"] is None
+
+
+def test_held_out_prompts_are_balanced_and_never_trained_on(tiny_recipe):
+    from ppo_align import models
+    from ppo_align.prompts import load_prompts
+
+    recipe = load_recipe(tiny_recipe)
+    prompts = load_prompts(recipe, models.load_tokenizer(recipe.model, recipe.model.source))
+    kept, held = prompts.hold_out(2, seed=1)
+    assert len(held.input_ids) == 2 and len(kept.input_ids) == len(prompts.input_ids) - 2
+    assert not {tuple(i) for i in held.input_ids} & {tuple(i) for i in kept.input_ids}
+    assert sorted(held.lookup.row(i).metadata["expected"] for i in held.input_ids) == ["comply", "refuse"]
+    assert held.input_ids == prompts.hold_out(2, seed=1)[1].input_ids
