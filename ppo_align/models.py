@@ -112,6 +112,21 @@ def keep_4bit_gradients_on_cpu(model) -> int:
     return switched
 
 
+def keep_trainable_dtype(model, section: ModelSection) -> None:
+    """Undo TRL's cast of a quantized model's trainable parameters to bfloat16 (SFTTrainer, RewardTrainer).
+
+    TRL follows the QLoRA paper's GPU recipe; with float32 compute (the CPU default) it makes the
+    scalar head fail on float32 hidden states, and bfloat16 weights round away small optimizer steps.
+    Call after building the trainer, before ``train()`` creates the optimizer.
+    """
+    import torch
+
+    dtype = getattr(torch, section.quantization.compute_dtype)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
 @contextmanager
 def _quiet(logger_name: str):
     logger = logging.getLogger(logger_name)
@@ -207,10 +222,17 @@ def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, t
     state for a 135M model; the LoRA value model's is a few MB.
     """
     from peft import get_peft_model
+
+    base = load_scalar_model(section, model_dir, tokenizer)
+    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"]))
+
+
+def load_scalar_model(section: ModelSection, model_dir: str, tokenizer, *, training: bool = True):
+    """The base as a sequence classifier with one output (a fresh scalar head), quantized as the recipe says."""
     from transformers import AutoModelForSequenceClassification
 
     # The score head is new by design; transformers would report it as "MISSING" from the checkpoint.
     with _quiet("transformers.modeling_utils"):
-        base = _load(AutoModelForSequenceClassification, section, model_dir, num_labels=1)
+        base = _load(AutoModelForSequenceClassification, section, model_dir, training=training, num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
-    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"]))
+    return base

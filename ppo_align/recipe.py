@@ -102,7 +102,17 @@ class WarmStartSection(Section):
     """Longest prompt + response in tokens; longer rows are dropped, with a count in the log."""
 
 
-class FunctionReward(Section):
+class RewardShaping(Section):
+    """Options every reward source shares, applied to its scores before PPO sees them."""
+
+    normalize: bool = False
+    """Standardise each rollout batch's scores (subtract the mean, divide by the std): keeps the reward's
+    scale, and so the weight of the KL brake, the same whatever the source's units."""
+    clip: float | None = Field(None, gt=0)
+    """Clip scores (after normalize) to [-clip, clip], so one extreme score cannot dominate an update."""
+
+
+class FunctionReward(RewardShaping):
     source: Literal["function"]
     function: str
     """Import path of a reward function, "package.module:function" or "path/to/file.py:function".
@@ -111,7 +121,7 @@ class FunctionReward(Section):
     """Extra keyword arguments passed to the function."""
 
 
-class ModelReward(Section):
+class ModelReward(RewardShaping):
     source: Literal["model"]
     path: str
     """A sequence-classification reward model directory (num_labels = 1). It scores the policy's
@@ -120,7 +130,49 @@ class ModelReward(Section):
     """Load the reward model in 4-bit NF4, as the policy."""
 
 
-Reward = Annotated[Union[FunctionReward, ModelReward], Field(discriminator="source")]
+class Payoffs(Section):
+    """Reward for each (expected behaviour, judged behaviour). The default is asymmetric: complying with a
+    harmful request costs more than refusing a safe one, because a symmetric reward teaches "refuse less"
+    everywhere (FINDINGS)."""
+
+    correct_refusal: float = 1.0
+    correct_compliance: float = 1.0
+    wrong_refusal: float = -1.0
+    wrong_compliance: float = -3.0
+    partial: float = 0.0
+
+
+class JudgeReward(RewardShaping):
+    source: Literal["judge"]
+    judge: str = "rules"
+    """Which judge labels responses comply / refuse / partial: "rules" (built in), a local
+    sequence-classification judge directory, or an http(s) URL of a judge service
+    (POST {"prompts", "responses"} → {"labels"}; batched, with timeouts and retries)."""
+    token_env: str | None = None
+    """Environment variable holding the judge service's bearer token (the token itself never goes in a recipe)."""
+    payoffs: Payoffs = Payoffs()
+    """Reward per outcome, by the prompt's `expected` column (refuse or comply)."""
+
+
+class TrainedReward(RewardShaping):
+    source: Literal["trained"]
+    pairs: str
+    """Preference pairs: a JSONL or CSV file (relative to the recipe) with prompt, chosen and rejected columns.
+    The reward model (4-bit base + LoRA + a scalar head, TRL's RewardTrainer) is trained on them before PPO,
+    cached in the run directory, and shares the policy's tokenizer by construction."""
+    epochs: float = Field(2.0, gt=0)
+    """Passes over the pairs."""
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """AdamW learning rate of the reward model's LoRA and head."""
+    batch_size: int = Field(8, ge=1)
+    """Pairs per optimizer step."""
+    max_length: int = Field(192, ge=8)
+    """Longest prompt + response in tokens; longer pairs are dropped, with a count in the log."""
+    holdout: float = Field(0.1, ge=0, lt=1)
+    """Share of pairs kept out of training to measure the reward model's accuracy (chosen scored higher)."""
+
+
+Reward = Annotated[Union[FunctionReward, ModelReward, JudgeReward, TrainedReward], Field(discriminator="source")]
 
 
 class ValueSection(Section):
@@ -410,8 +462,8 @@ _FIXES = {
     "less_than": "lower it",
     "less_than_equal": "lower it",
     "string_pattern_mismatch": "use letters, digits, '.', '_' and '-' only",
-    "union_tag_not_found": "add `source:` (function or model)",
-    "union_tag_invalid": "use `source: function` or `source: model`",
+    "union_tag_not_found": "add `source:` (function, model, judge or trained)",
+    "union_tag_invalid": "use `source:` function, model, judge or trained",
 }
 
 
@@ -644,6 +696,11 @@ def _reward_problems(recipe: Recipe) -> list[str]:
         if not (path / "config.json").is_file():
             return [f"reward.path = {reward.path!r}: not a model directory (no config.json at {path}); fix: check the path"]
         return []
+    if isinstance(reward, TrainedReward):
+        path = recipe.resolve_path(reward.pairs)
+        return [] if path.is_file() else [f"reward.pairs = {reward.pairs!r}: no such file ({path}); fix: check the path"]
+    if isinstance(reward, JudgeReward):
+        return []  # build_judge checks the spec when training starts
     try:
         resolve_function(reward.function, recipe)
     except UserError as exc:

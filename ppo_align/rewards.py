@@ -7,6 +7,9 @@ plus each prompt's metadata (the other columns of its data row, e.g.
     def my_reward(prompts: list[str], responses: list[str], metadata: list[dict], **kwargs) -> list[float]
 
 Recipes name one as ``reward: {source: function, function: "module:function"}``.
+The other sources (``judge``: a judge's labels turned into payoffs; ``model``: a
+sequence-classification reward model; ``trained``: one trained here from
+preference pairs) become the same kind of scorer in :func:`build_scorer`.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ def expected_behaviour(
     wrong_refusal: float = -1.0,
     wrong_compliance: float = -3.0,
     partial: float = 0.0,
+    judge=None,
 ) -> list[float]:
     """Reward a response for doing what its prompt's ``expected`` column asks (refuse or comply).
 
     The default is asymmetric: complying with a harmful request (-3) costs more than refusing a
-    safe one (-1), because a symmetric reward teaches "refuse less" everywhere.
+    safe one (-1), because a symmetric reward teaches "refuse less" everywhere. ``judge`` labels
+    the responses (default: the rule judge).
     """
+    labels = judge.label(prompts, responses) if judge is not None else judge_responses(responses, prompts)
     scores = []
-    for meta, label in zip(metadata, judge_responses(responses, prompts)):
+    for meta, label in zip(metadata, labels):
         expected = meta.get("expected")
         if expected not in ("refuse", "comply"):
             raise ValueError(f"expected_behaviour needs metadata 'expected' of refuse|comply, got {expected!r}")
@@ -84,14 +90,46 @@ def model_scorer(model, pad_token_id: int) -> Scorer:
     return score
 
 
-def build_scorer(recipe, tokenizer) -> Scorer:
-    """The recipe's reward source as one scoring function over rollout chunks."""
-    from ppo_align.recipe import FunctionReward, resolve_function
+def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: bool = True) -> Scorer:
+    """The recipe's reward source as one scoring function over rollout chunks (shaping applied).
+
+    A ``trained`` source trains its reward model first (or reuses the run's cached one).
+    """
+    from ppo_align.judges import build_judge
+    from ppo_align.recipe import FunctionReward, JudgeReward, TrainedReward, resolve_function
 
     reward = recipe.reward
     if isinstance(reward, FunctionReward):
-        return function_scorer(resolve_function(reward.function, recipe), reward.kwargs)
-    return model_scorer(load_reward_model(recipe, tokenizer), tokenizer.pad_token_id)
+        scorer = function_scorer(resolve_function(reward.function, recipe), reward.kwargs)
+    elif isinstance(reward, JudgeReward):
+        judge = build_judge(reward.judge, token_env=reward.token_env)
+        scorer = function_scorer(expected_behaviour, {**reward.payoffs.model_dump(), "judge": judge})
+    elif isinstance(reward, TrainedReward):
+        from ppo_align.reward_model import ensure_reward_model, load_trained_reward_model
+
+        model_dir = model_dir or recipe.model.source
+        adapter = ensure_reward_model(recipe, model_dir, tokenizer, progress=progress)
+        scorer = model_scorer(load_trained_reward_model(recipe, model_dir, tokenizer, adapter), tokenizer.pad_token_id)
+    else:
+        scorer = model_scorer(load_reward_model(recipe, tokenizer), tokenizer.pad_token_id)
+    return shaped(scorer, normalize=reward.normalize, clip=reward.clip)
+
+
+def shaped(scorer: Scorer, *, normalize: bool, clip: float | None) -> Scorer:
+    """``scorer`` with batch standardisation and clipping (either may be off)."""
+    if not normalize and clip is None:
+        return scorer
+    import torch
+
+    def score(batch: RewardBatch):
+        scores = torch.as_tensor(scorer(batch), dtype=torch.float32).reshape(-1)
+        if normalize and scores.numel() > 1:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-6)
+        if clip is not None:
+            scores = scores.clamp(-clip, clip)
+        return scores
+
+    return score
 
 
 def load_reward_model(recipe, tokenizer):

@@ -80,13 +80,13 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
         monitor = Monitor(recipe.monitor, held_out, tokenizer)
         log.info("monitor: %d training prompts held out for behaviour checks", len(held_out.input_ids))
-    scorer = build_scorer(recipe, tokenizer)
-    warm_start = None  # trained (or reused) first, so that PPO's seeding is the same either way
+    warm_start = None  # stages train (or are reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
         from ppo_align.warm_start import ensure_warm_start
 
         warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
         info["warm_start"] = str(warm_start.relative_to(run_dir))
+    scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=progress)  # may train a reward model
     set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
     log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
     policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)

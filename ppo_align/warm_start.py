@@ -18,11 +18,7 @@ system prompt, seed) is unchanged, retrained otherwise.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -31,12 +27,12 @@ from ppo_align.errors import UserError
 from ppo_align.evalsets import read_rows
 from ppo_align.prompts import encode_chat, user_turn
 from ppo_align.recipe import Recipe
+from ppo_align.stages import cached_stage, file_hash
 
 log = logging.getLogger(__name__)
 
 WARM_START_DIR = "warm-start"
 ADAPTER_DIR = "adapter"
-INFO_FILE = "warm_start.json"
 
 
 def adapter_dir(run_dir: Path) -> Path:
@@ -47,44 +43,17 @@ def adapter_dir(run_dir: Path) -> Path:
 def cache_key(recipe: Recipe) -> str:
     """Hash of every input that shapes the warm-start adapter."""
     ws = recipe.warm_start
-    digest = hashlib.sha256()
-    digest.update(json.dumps({
-        "warm_start": ws.model_dump(mode="json", exclude={"data"}),
-        "model": recipe.model.model_dump(mode="json"),
-        "base": models.model_fingerprint(recipe.model.source),
-        "system_prompt": recipe.data.system_prompt,
-        "seed": recipe.ppo.seed,
-    }, sort_keys=True).encode())
-    digest.update(recipe.resolve_path(ws.data).read_bytes())
-    return digest.hexdigest()
+    return file_hash(ws.model_dump(mode="json", exclude={"data"}), recipe.model.model_dump(mode="json"),
+                     models.model_fingerprint(recipe.model.source), recipe.data.system_prompt, recipe.ppo.seed,
+                     files=(recipe.resolve_path(ws.data),))
 
 
 def ensure_warm_start(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
-    """The run's warm-start adapter, trained now unless a matching one is cached.
+    """The run's warm-start adapter, trained now unless a matching one is cached."""
+    def build(directory: Path) -> dict:
+        return train_warm_start(recipe, model_dir, tokenizer, directory / ADAPTER_DIR, progress=progress)
 
-    Written to a temporary directory and renamed into place with its info file, so an
-    interrupted warm start is never mistaken for a finished one.
-    """
-    stage = recipe.run_dir / WARM_START_DIR
-    key = cache_key(recipe)
-    info_path = stage / INFO_FILE
-    if info_path.is_file() and (stage / ADAPTER_DIR / "adapter_config.json").is_file():
-        try:
-            info = json.loads(info_path.read_text())
-        except ValueError:
-            info = {}
-        if info.get("key") == key:
-            log.info("warm start: reusing %s (inputs unchanged)", stage)
-            return stage / ADAPTER_DIR
-    tmp = recipe.run_dir / f".tmp-{WARM_START_DIR}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    info = train_warm_start(recipe, model_dir, tokenizer, tmp / ADAPTER_DIR, progress=progress)
-    info["key"] = key
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(stage, ignore_errors=True)
-    os.replace(tmp, stage)
-    return stage / ADAPTER_DIR
+    return cached_stage(recipe.run_dir / WARM_START_DIR, cache_key(recipe), build) / ADAPTER_DIR
 
 
 def demonstrations(recipe: Recipe, tokenizer):
@@ -148,6 +117,7 @@ def train_warm_start(recipe: Recipe, model_dir: str, tokenizer, output: Path, *,
         disable_tqdm=not progress,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    models.keep_trainable_dtype(model, recipe.model)
     log.info("warm start: SFT on %d demonstrations for %s epochs", len(dataset), ws.epochs)
     started = time.perf_counter()
     result = trainer.train()

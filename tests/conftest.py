@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,51 @@ def tiny_recipe(tiny_model_dir, tmp_path):
         },
         "output": {"dir": str(tmp_path / "runs"), "sample_every": 1},
     }
+
+
+# --------------------------------------------------------------------------- a loopback judge service
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers each POST with the next scripted reply: a function of the request body -> (status, bytes, delay)."""
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append({"body": body, "auth": self.headers.get("Authorization")})
+        reply = self.server.script.pop(0) if self.server.script else _good
+        status, payload, delay = reply(body)
+        time.sleep(delay)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # the client gave up (timeout test)
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def _good(body):
+    labels = ["refuse" if "can't" in r else "comply" for r in body["responses"]]
+    return 200, json.dumps({"labels": labels}).encode(), 0
+
+
+@pytest.fixture
+def server():
+    """A loopback HTTP judge; tests script its replies through ``server.script`` and read ``server.seen``."""
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.script, srv.seen = [], []
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/label"
+    yield srv
+    srv.shutdown()
+    srv.server_close()

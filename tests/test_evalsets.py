@@ -73,9 +73,12 @@ def _normalise(text: str) -> str:
 
 
 def test_no_prompt_is_shared_between_sets_or_with_training_data():
-    training = [json.loads(line)["prompt"] for line in
-                (REPO / "recipes" / "data" / "refusal-boundary-train.jsonl").read_text().splitlines()]
-    seen = {_normalise(p): "training" for p in training}
+    # Every shipped recipe data file (training prompts, demonstrations, preference pairs) is disjoint
+    # from every eval set: a model trained on an eval prompt would make its shift meaningless.
+    seen = {}
+    for path in sorted((REPO / "recipes" / "data").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            seen.setdefault(_normalise(json.loads(line)["prompt"]), path.name)
     for name in ("refusal", "boundary", "knowledge", "benign"):
         for item in load_evalset(name).items:
             key = _normalise(item.prompt)

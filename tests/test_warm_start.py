@@ -80,13 +80,18 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
 
     from ppo_align import models, train
     from ppo_align.prompts import encode_chat, user_turn
-    from ppo_align.warm_start import INFO_FILE, WARM_START_DIR, ensure_warm_start
+    from ppo_align.stages import INFO_FILE
+    from ppo_align.warm_start import WARM_START_DIR, ensure_warm_start
 
     recipe = load_recipe(warm_recipe)
     tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))
     adapter = ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False)
     info = json.loads((recipe.run_dir / WARM_START_DIR / INFO_FILE).read_text())
     assert info["demonstrations"] == 4 and info["steps"] == 4 and info["train_loss"] > 0  # 4 demos, batch 2, 2 epochs
+    from safetensors.torch import load_file
+
+    # Trained in float32: TRL would cast a quantized model's LoRA to bfloat16, which rounds away small steps.
+    assert {t.dtype for t in load_file(adapter / "adapter_model.safetensors").values()} == {torch.float32}
     stamp = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
     assert ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False) == adapter
     assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp, "unchanged inputs retrained"

@@ -1,0 +1,52 @@
+"""Cached pipeline stages (warm start, reward model): rebuilt only when their inputs change.
+
+A stage directory holds what the stage built plus ``stage.json`` with the hash of
+its inputs. It is built in a temporary directory and renamed into place, so an
+interrupted build is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "stage.json"
+
+
+def info(stage: Path) -> dict:
+    """What the stage recorded about its build ({} if it has none)."""
+    try:
+        return json.loads((stage / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
+    """``stage``, rebuilt by ``build(directory) -> facts`` unless it was built from the same ``key``."""
+    if info(stage).get("key") == key:
+        log.info("%s: reusing it (inputs unchanged)", stage)
+        return stage
+    tmp = stage.with_name(f".tmp-{stage.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    facts = build(tmp)
+    (tmp / INFO_FILE).write_text(json.dumps({"key": key, **facts}, indent=2))
+    shutil.rmtree(stage, ignore_errors=True)
+    os.replace(tmp, stage)
+    return stage
+
+
+def file_hash(*parts: object, files: tuple[Path, ...] = ()) -> str:
+    """sha256 over JSON-able ``parts`` and the bytes of ``files``."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,104 @@
+"""Reward sources behind one interface: each returns one float per response; shaping; the trained reward model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ppo_align import load_recipe
+from ppo_align.errors import UserError
+from ppo_align.rewards import RewardBatch, build_scorer, shaped
+
+PROMPTS = ["How do I build a bomb?", "How do I kill a Python process?", "How do I build a bomb?"]
+RESPONSES = ["I can't help with that.", "Run kill -9 with its PID.", "Sure, first get some"]
+META = [{"expected": "refuse"}, {"expected": "comply"}, {"expected": "refuse"}]
+
+
+def _batch(tokenizer, prompts=PROMPTS, responses=RESPONSES, metadata=META):
+    from ppo_align.inference import _left_pad
+    from ppo_align.prompts import encode_chat, user_turn
+
+    rows = [encode_chat(tokenizer, user_turn(p)) + tokenizer(r, add_special_tokens=False)["input_ids"]
+            + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
+    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+    return RewardBatch(ids, mask, list(prompts), list(responses), list(metadata))
+
+
+def _scores(recipe_dict):
+    from ppo_align import models
+
+    recipe = load_recipe(recipe_dict)
+    tokenizer = models.load_tokenizer(recipe.model, recipe.model.source)
+    scorer = build_scorer(recipe, tokenizer, model_dir=recipe.model.source, progress=False)
+    return [float(x) for x in torch.as_tensor(scorer(_batch(tokenizer))).reshape(-1)]
+
+
+def test_function_reward_is_asymmetric(tiny_recipe):
+    assert _scores(tiny_recipe) == [1.0, 1.0, -3.0]
+
+
+def test_judge_reward_with_payoffs(tiny_recipe):
+    tiny_recipe["reward"] = {"source": "judge", "judge": "rules", "payoffs": {"wrong_compliance": -5.0}}
+    assert _scores(tiny_recipe) == [1.0, 1.0, -5.0]
+
+
+def test_judge_reward_over_http(tiny_recipe, server):
+    tiny_recipe["reward"] = {"source": "judge", "judge": server.url}
+    assert _scores(tiny_recipe) == [1.0, 1.0, -3.0]
+    assert server.seen[0]["body"]["responses"] == RESPONSES
+
+
+def test_judge_reward_over_http_never_defaults_a_score(tiny_recipe, server):
+    """A garbage reply stops with a clear error instead of a silent zero reward."""
+    tiny_recipe["reward"] = {"source": "judge", "judge": server.url}
+    server.script = [lambda body: (200, b"<html>oops</html>", 0)]
+    with pytest.raises(UserError, match="not JSON"):
+        _scores(tiny_recipe)
+
+
+def test_shaping_normalizes_and_clips():
+    scorer = shaped(lambda batch: [1.0, 2.0, 3.0, 10.0], normalize=True, clip=1.0)
+    scores = scorer(None)
+    assert scores.max() == 1.0 and scores.min() < 0 and scores.shape == (4,)
+    raw = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    assert torch.allclose(shaped(lambda b: raw, normalize=True, clip=None)(None), (raw - raw.mean()) / (raw.std() + 1e-6))
+    assert shaped(lambda b: raw, normalize=False, clip=2.5)(None).tolist() == [1.0, 2.0, 2.5, 2.5]
+
+
+def _pairs(path, n=24):
+    rows = []
+    for i in range(n):
+        harmful = i % 2 == 0
+        prompt = f"How do I build weapon number {i}?" if harmful else f"How do I kill process number {i}?"
+        good, bad = "I can't help with that.", f"Sure, here is plan {i}."
+        rows.append({"prompt": prompt, "chosen": good if harmful else f"Run kill {i}.",
+                     "rejected": bad if harmful else good})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_trained_reward_model_learns_is_cached_and_scores_each_response(tiny_recipe, tmp_path):
+    from ppo_align.reward_model import REWARD_DIR
+    from ppo_align.stages import info
+
+    tiny_recipe["reward"] = {"source": "trained", "pairs": str(_pairs(tmp_path / "pairs.jsonl")), "epochs": 3,
+                             "batch_size": 4, "learning_rate": 5e-3, "holdout": 0.25}
+    scores = _scores(tiny_recipe)
+    assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
+    stage = load_recipe(tiny_recipe).run_dir / REWARD_DIR
+    facts = info(stage)
+    assert facts["pairs"] == 18 and facts["held_out"] == 6 and facts["steps"] == 15
+    assert 0.0 <= facts["held_out_accuracy"] <= 1.0  # measured, not asserted: a tiny random model learns little
+    stamp = (stage / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    assert _scores(tiny_recipe) == scores  # reused from the cache, same model, same scores
+    assert (stage / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_trained_reward_pairs_must_be_complete(tiny_recipe, tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    tiny_recipe["reward"] = {"source": "trained", "pairs": str(bad)}
+    with pytest.raises(UserError, match=r"pairs.jsonl:1"):
+        _scores(tiny_recipe)
