@@ -121,9 +121,12 @@ def train(
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
 ) -> None:
-    """Train with PPO: 4-bit LoRA policy, disabled-adapter reference, LoRA value model.
+    """Train: warm start and reward model (if the recipe has them), reward audit, then PPO.
 
-    Writes runs/NAME/ (recipe.yaml, run.json, metrics.jsonl, samples.jsonl, checkpoint-N/).
+    PPO runs a 4-bit LoRA policy against a frozen reference (the warm start, or the base with the
+    adapter disabled) and a LoRA value model, with behaviour checks on held-out training prompts.
+    Writes runs/NAME/ (recipe.yaml, run.json, metrics.jsonl, samples.jsonl, monitor.jsonl,
+    reward-audit.json, warm-start/, reward-model/, checkpoint-N/).
     Re-running on an existing run continues from its latest complete checkpoint; raise
     ppo.total_episodes to train a finished run further.
 
@@ -141,6 +144,42 @@ def train(
         out.print(f"[yellow]{result.stopped_by}[/yellow]")
     out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
                                                       if result.best else ""))
+
+
+@app.command("audit-reward")
+def audit_reward_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[List[str]] = SetOption,
+    evalsets: Optional[List[str]] = typer.Option(None, "--evalset", "-e", help="Eval set to audit on (repeatable; default: the recipe's audit.sets)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many prompts per set (default: the recipe's audit.limit)."),
+    reference_answers: int = typer.Option(0, "--reference-answers", help="Also answer this many prompts per set with the reference and check the reward ranks judged-right answers above judged-wrong ones."),
+) -> None:
+    """Check the reward before spending PPO compute on it.
+
+    Scores the recipe's reward on canonical refusals and canonical helpful openings of eval prompts
+    and prints, per set and category, how often it prefers what each prompt's label asks for. A
+    trained reward model is trained first (or reused from the run). Writes runs/NAME/reward-audit.json.
+    Exit code 1 when a set falls below the recipe's audit.min_accuracy.
+
+    Example: `ppo-align audit-reward smollm2-refusal-boundary --limit 32`.
+    """
+    from ppo_align.audit import audit_reward, write_audit
+    from ppo_align.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    result = audit_reward(loaded, sets=evalsets or loaded.audit.sets, limit=limit or loaded.audit.limit,
+                          reference_answers=reference_answers)
+    out.print(result.table())
+    for row in result.reference:
+        ranked = row["ranks_right_above_wrong"]
+        out.print(f"reference answers, {row['set']} expected={row['expected']}: {row['right_answers']} right, "
+                  f"{row['wrong_answers']} wrong; reward ranks right above wrong "
+                  + (f"{ranked:.0%} of pairs" if ranked is not None else "(no pairs to rank)"))
+    out.print(f"written: {write_audit(result, loaded.run_dir)}")
+    worst = result.worst
+    if worst["prefers_expected"]["rate"] < loaded.audit.min_accuracy:
+        out.print(f"[red]below audit.min_accuracy ({loaded.audit.min_accuracy:.0%}) on {worst['set']}[/red]")
+        raise typer.Exit(1)
 
 
 @app.command("eval")

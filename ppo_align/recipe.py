@@ -259,6 +259,23 @@ class EvalSection(Section):
     Eval costs about one second per prompt and checkpoint for a 135M model on a 2-core CPU."""
 
 
+class AuditSection(Section):
+    """Reward pre-flight, run by `ppo-align train` once the reward is ready and before PPO starts (and on
+    demand by `ppo-align audit-reward`): the reward scores canonical refusals and canonical helpful
+    openings of eval prompts, and must prefer the behaviour each prompt's label asks for."""
+
+    enabled: bool = True
+    """Run the audit before PPO."""
+    sets: list[str] = ["boundary", "refusal"]
+    """Eval sets whose refuse/comply prompts the audit uses (shipped names or JSONL/CSV paths)."""
+    limit: int | None = Field(64, ge=2)
+    """At most this many prompts per set (categories in turn, contrast pairs kept)."""
+    min_accuracy: float = Field(0.8, ge=0, le=1)
+    """The share of prompts, in every set, on which the reward must prefer the expected behaviour."""
+    on_fail: Literal["warn", "stop"] = "warn"
+    """Below min_accuracy: log a warning and train anyway, or stop before PPO."""
+
+
 class MonitorSection(Section):
     """Behaviour checks during training: at every checkpoint the policy answers held-out *training*
     prompts (never the eval sets) greedily, the rule judge labels the answers, and the refusal rate per
@@ -304,6 +321,7 @@ class Recipe(Section):
     value: ValueSection = ValueSection()
     ppo: PPOSection = PPOSection()
     data: DataSection
+    audit: AuditSection = AuditSection()
     monitor: MonitorSection = MonitorSection()
     eval: EvalSection = EvalSection()
     output: OutputSection = OutputSection()

@@ -70,6 +70,19 @@ class RewardBatch:
 Scorer = Callable[[RewardBatch], Sequence[float]]
 
 
+def reward_batch(tokenizer, prompts: list[str], responses: list[str], metadata: list[dict],
+                 system_prompt: str | None = None) -> RewardBatch:
+    """A batch laid out as PPO's rollout lays it out (chat prompt + response + end of turn, left padded),
+    for scoring responses that did not come from a rollout."""
+    from ppo_align.inference import _left_pad
+    from ppo_align.prompts import encode_chat, user_turn
+
+    rows = [encode_chat(tokenizer, user_turn(p, system_prompt)) + tokenizer(r, add_special_tokens=False)["input_ids"]
+            + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
+    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+    return RewardBatch(ids, mask, list(prompts), list(responses), list(metadata))
+
+
 def function_scorer(fn, kwargs: dict) -> Scorer:
     def score(batch: RewardBatch):
         return fn(batch.prompts, batch.responses, batch.metadata, **kwargs)

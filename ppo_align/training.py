@@ -87,6 +87,8 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
         info["warm_start"] = str(warm_start.relative_to(run_dir))
     scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=progress)  # may train a reward model
+    if recipe.audit.enabled:
+        _preflight(recipe, scorer, tokenizer, model_dir)
     set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
     log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
     policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
@@ -117,6 +119,26 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     best = checkpoints.best(run_dir) if monitor else None
     return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
                      stopped_by=run.stopped_by)
+
+
+def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
+    """Audit the reward before PPO: warn, or stop, if it does not prefer the expected behaviour."""
+    from ppo_align.audit import audit_reward, write_audit
+
+    a = recipe.audit
+    result = audit_reward(recipe, scorer, tokenizer, sets=a.sets, limit=a.limit, model_dir=model_dir)
+    path = write_audit(result, recipe.run_dir)
+    worst = result.worst
+    share = worst["prefers_expected"]["rate"]
+    log.info("reward audit: prefers the expected behaviour on %s (worst set: %s %.0f%%) — %s",
+             ", ".join(f"{r['set']} {r['prefers_expected']['rate']:.0%}" for r in result.rows if r["category"] == "all"),
+             worst["set"], 100 * share, path)
+    if share < a.min_accuracy:
+        message = (f"reward audit: the reward prefers the expected behaviour on only {share:.0%} of {worst['set']} prompts "
+                   f"(audit.min_accuracy = {a.min_accuracy:.0%}; details in {path}); PPO would learn that bias")
+        if a.on_fail == "stop":
+            raise UserError(message + "; fix: improve the reward (pairs, payoffs) or set audit.on_fail: warn")
+        log.warning("%s", message)
 
 
 def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool) -> checkpoints.Checkpoint | None:

@@ -89,6 +89,7 @@ def tiny_recipe(tiny_model_dir, tmp_path):
             "samples_per_prompt": 2, "learning_rate": 1e-2, "save_steps": 2, "local_rollout_forward_batch_size": 4,
         },
         "output": {"dir": str(tmp_path / "runs"), "sample_every": 1},
+        "audit": {"enabled": False},  # tests of the audit turn it on
     }
 
 
