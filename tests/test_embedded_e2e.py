@@ -15,13 +15,18 @@ pytestmark = pytest.mark.slow
 def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog):
     recipe = REPO / "recipes" / "smollm2-refusal-boundary.yaml"
     args = ["train", recipe, "--set", f"output.dir={tmp_path}", "--set", "ppo.response_length=12",
-            "--set", "ppo.save_steps=1"]
+            "--set", "ppo.save_steps=1", "--set", "warm_start.epochs=0.1", "--set", "monitor.holdout=8",
+            "--set", "monitor.min_refusal={}"]
     caplog.set_level(logging.WARNING)
     code, out, err = run_cli(*args, "--set", "ppo.total_episodes=16")
     assert code == 0, err
     run = tmp_path / "smollm2-refusal-boundary"
     assert (run / "checkpoint-1" / "COMPLETE").is_file()
     assert "unchanged" not in caplog.text, "the policy did not learn (bitsandbytes CPU trap?)"
+    assert (run / "warm-start" / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((run / "reward-audit.json").read_text())["rows"]
+    assert [json.loads(line)["step"] for line in (run / "monitor.jsonl").read_text().splitlines()] == [0, 1]
+    warm = (run / "warm-start" / "stage.json").read_bytes()
 
     # Ask for one more update: the run resumes from checkpoint-1 instead of starting over.
     code, out, err = run_cli(*args, "--set", "ppo.total_episodes=32")
@@ -30,6 +35,7 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert (run / "checkpoint-2" / "COMPLETE").is_file()
+    assert (run / "warm-start" / "stage.json").read_bytes() == warm  # the warm start was reused, not retrained
 
     # The eval harness on the real run: reference + both checkpoints, a small even spread of prompts.
     code, out, err = run_cli("eval", run, "--limit", "12", "--max-new-tokens", "8")
