@@ -23,7 +23,7 @@ from ppo_align.errors import UserError
 from ppo_align.evalsets import read_rows
 from ppo_align.prompts import encode_chat, user_turn
 from ppo_align.recipe import Recipe
-from ppo_align.stages import cached_stage, file_hash
+from ppo_align.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +86,7 @@ def train_reward_model(recipe: Recipe, model_dir: str, tokenizer, output: Path, 
     set_seed(recipe.ppo.seed)
     # 4-bit base + LoRA + scalar head, with the bitsandbytes CPU workaround (else LoRA silently never learns).
     model = models.load_value_model(recipe.model, None, model_dir, tokenizer)
-    args = RewardConfig(
-        output_dir=str(output.parent),
-        num_train_epochs=reward.epochs,
-        learning_rate=reward.learning_rate,
-        per_device_train_batch_size=reward.batch_size,
-        max_length=reward.max_length,
-        gradient_checkpointing=recipe.model.gradient_checkpointing,
-        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
-        save_strategy="no",
-        logging_steps=5,
-        report_to="none",
-        seed=recipe.ppo.seed,
-        disable_tqdm=not progress,
-    )
+    args = RewardConfig(**trainer_args(recipe, output.parent, reward, progress=progress))
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_pairs), processing_class=tokenizer)
     models.keep_trainable_dtype(model, recipe.model)
     log.info("reward model: training on %d preference pairs (%d held out)", len(train_pairs), len(held_out))

@@ -50,3 +50,23 @@ def file_hash(*parts: object, files: tuple[Path, ...] = ()) -> str:
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def trainer_args(recipe, output: Path, section, *, progress: bool) -> dict:
+    """The TrainingArguments a supervised stage (SFTTrainer, RewardTrainer) shares: schedule from its
+    recipe ``section`` (epochs, learning_rate, batch_size, max_length); precision, seed and checkpointing
+    from the model; no intermediate saves, since a stage is saved whole or not at all."""
+    return dict(
+        output_dir=str(output),
+        num_train_epochs=section.epochs,
+        learning_rate=section.learning_rate,
+        per_device_train_batch_size=section.batch_size,
+        max_length=section.max_length,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
+        save_strategy="no",
+        logging_steps=5,
+        report_to="none",
+        seed=recipe.ppo.seed,
+        disable_tqdm=not progress,
+    )

@@ -27,7 +27,7 @@ from ppo_align.errors import UserError
 from ppo_align.evalsets import read_rows
 from ppo_align.prompts import encode_chat, user_turn
 from ppo_align.recipe import Recipe
-from ppo_align.stages import cached_stage, file_hash
+from ppo_align.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,7 @@ def train_warm_start(recipe: Recipe, model_dir: str, tokenizer, output: Path, *,
     # The policy's own loader: same 4-bit base, same LoRA shape, and the bitsandbytes CPU workaround
     # without which the adapter would silently learn nothing.
     model = models.load_policy(recipe.model, model_dir, tokenizer)
-    args = SFTConfig(
-        output_dir=str(output.parent),
-        num_train_epochs=ws.epochs,
-        learning_rate=ws.learning_rate,
-        per_device_train_batch_size=ws.batch_size,
-        max_length=ws.max_length,
-        completion_only_loss=True,
-        gradient_checkpointing=recipe.model.gradient_checkpointing,
-        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
-        save_strategy="no",
-        logging_steps=5,
-        report_to="none",
-        seed=recipe.ppo.seed,
-        disable_tqdm=not progress,
-    )
+    args = SFTConfig(completion_only_loss=True, **trainer_args(recipe, output.parent, ws, progress=progress))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     models.keep_trainable_dtype(model, recipe.model)
     log.info("warm start: SFT on %d demonstrations for %s epochs", len(dataset), ws.epochs)
