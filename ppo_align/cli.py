@@ -229,6 +229,35 @@ def eval_command(
                   f"{len(result.targets) * len(result.data['evalsets']) - computed} reused from the cache)")
 
 
+@app.command("report")
+def report_command(
+    runs: List[Path] = typer.Argument(..., help="Evaluated run directories (runs/NAME), or eval directories / results.json files."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where report.md, report.html and plots/ go (default: RUN/report, or ./report-A-vs-B for several runs)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Checkpoint to report against the reference (default: the run's best by its training-time rules, else the latest)."),
+) -> None:
+    """Explain a run: report.md and a self-contained report.html (plots inlined, opens from disk).
+
+    Reads only files (eval/results.json, metrics.jsonl, monitor.jsonl, run.json): the headline shift
+    with 95% intervals, the method's claims checked with numbers (knowledge unchanged, largest shift on
+    boundary prompts, KL within budget, harmful refusal held), figures (behaviour and knowledge vs step,
+    shift by category, reward vs KL, reward vs judged behaviour, training curves) and a filterable
+    browser of the prompts that flipped. Several runs give a side-by-side comparison.
+
+    Examples: `ppo-align report runs/smollm2-refusal-boundary`,
+    `ppo-align report runs/a runs/b -o compare/`, `ppo-align report runs/a --target checkpoint-8`.
+    """
+    from ppo_align import report
+
+    built = report(runs, output=output, target=target)
+    out.print(built.headline())
+    for run in built.runs:
+        for claim in run.claims():
+            colour = {"pass": "green", "fail": "red"}.get(claim.verdict, "dim")
+            out.print(f"[{colour}]{claim.verdict.upper():>4}[/{colour}] {run.name}: {claim.name} — {claim.evidence}",
+                      highlight=False)
+    out.print(f"[green]done[/green]: {built.html} (and {built.markdown.name}, plots/)")
+
+
 @app.command("judge")
 def judge_command(
     file: Path = typer.Argument(..., help="JSONL or CSV file with a prompt and a response per row."),

@@ -536,8 +536,9 @@ def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,
                     ids = {r["id"] for r in group}
                     shifts.append({**where, **shift_metrics([r for r in ref_rows if r["id"] in ids], group)})
             if target.name != REFERENCE:
-                flipped += [{"target": target.name, "step": target.step, "set": evalset.name, **f}
-                            for f in flips(ref_rows, rows)]
+                prompts = {item.id: item.prompt for item in evalset.items}
+                flipped += [{"target": target.name, "step": target.step, "set": evalset.name,
+                             "prompt": prompts.get(f["id"]), **f} for f in flips(ref_rows, rows)]
     return {
         "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
