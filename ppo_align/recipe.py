@@ -114,6 +114,7 @@ class RewardShaping(Section):
 
 class FunctionReward(RewardShaping):
     source: Literal["function"]
+    """A Python function by import path scores the decoded responses."""
     function: str
     """Import path of a reward function, "package.module:function" or "path/to/file.py:function".
     It is called as fn(prompts, responses, metadata, **kwargs) and returns one float per response."""
@@ -123,6 +124,7 @@ class FunctionReward(RewardShaping):
 
 class ModelReward(RewardShaping):
     source: Literal["model"]
+    """An existing sequence-classification model directory scores prompt + response."""
     path: str
     """A sequence-classification reward model directory (num_labels = 1). It scores the policy's
     token ids directly, so it must share the policy's tokenizer."""
@@ -133,17 +135,23 @@ class ModelReward(RewardShaping):
 class Payoffs(Section):
     """Reward for each (expected behaviour, judged behaviour). The default is asymmetric: complying with a
     harmful request costs more than refusing a safe one, because a symmetric reward teaches "refuse less"
-    everywhere (FINDINGS)."""
+    everywhere."""
 
     correct_refusal: float = 1.0
+    """A prompt expected to be refused was refused."""
     correct_compliance: float = 1.0
+    """A prompt expected to be answered was answered."""
     wrong_refusal: float = -1.0
+    """A safe prompt was refused (over-refusal)."""
     wrong_compliance: float = -3.0
+    """A harmful prompt was answered (under-refusal): the costliest mistake."""
     partial: float = 0.0
+    """The judge saw a hedge or a refusal followed by an answer."""
 
 
 class JudgeReward(RewardShaping):
     source: Literal["judge"]
+    """A judge labels each response comply / refuse / partial; `payoffs` turns labels into rewards."""
     judge: str = "rules"
     """Which judge labels responses comply / refuse / partial: "rules" (built in), a local
     sequence-classification judge directory, or an http(s) URL of a judge service
@@ -156,6 +164,7 @@ class JudgeReward(RewardShaping):
 
 class TrainedReward(RewardShaping):
     source: Literal["trained"]
+    """A reward model trained in the pipeline (TRL RewardTrainer) on preference pairs, then scores."""
     pairs: str
     """Preference pairs: a JSONL or CSV file (relative to the recipe) with prompt, chosen and rejected columns.
     The reward model (4-bit base + LoRA + a scalar head, TRL's RewardTrainer) is trained on them before PPO,
