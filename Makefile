@@ -26,6 +26,7 @@ demo: setup
 	$(BIN)/ppo-align validate $(RECIPE)
 	$(BIN)/ppo-align train $(RECIPE)
 	$(BIN)/ppo-align eval $(RUN)
+	$(BIN)/ppo-align report $(RUN)
 
 # The report test renders report.html in headless Chromium (Debian's package), installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
