@@ -1,12 +1,14 @@
 """The `ppo-align` command line: thin wrappers over the Python API.
 
 Each command parses its arguments, calls one API function and prints the
-result. Input problems (:class:`UserError`) print one line each on stderr and
-exit with code 2; tracebacks appear only with ``--debug``.
+result. Input problems (:class:`UserError`) and file-system failures (disk full,
+read-only output) print one line each on stderr and exit with code 2; tracebacks
+appear only with ``--debug``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -218,7 +220,7 @@ def eval_command(
                        progress=sys.stderr.isatty())
     for result in results if isinstance(results, list) else [results]:
         for skipped in result.data["skipped"]:
-            err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {skipped['reason']}")
+            err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {escape(skipped['reason'])}", soft_wrap=True)
         out.print(result.headline())
         latest = [f for f in result.data["flips"] if f["target"] == result.latest]
         if latest:
@@ -293,7 +295,8 @@ def judge_command(
 
 
 def main() -> None:
-    """Console entry point: turns UserError into one line per problem and exit code 2."""
+    """Console entry point: turns UserError (one line per problem) and file-system errors (a full disk, a read-only
+    output) into exit code 2."""
     # Accept --debug anywhere on the line (users append it after a failure), not only before the command.
     debug = "--debug" in sys.argv[1:]
     if debug:
@@ -306,15 +309,46 @@ def main() -> None:
         for line in exc.problems:
             err.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if debug:
+            raise
+        fix = _FILE_ERROR_FIXES.get(exc.errno)
+        if fix is None:  # not a file-system problem (e.g. a network error)
+            _generic_failure(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/bold red] {escape(where + (exc.strerror or str(exc)))}; fix: {escape(fix)}",
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; finished work is kept (complete checkpoints, cached evaluations): re-run the command to continue")
         sys.exit(130)
     except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --debug
         if debug:
             raise
-        err.print(f"[bold red]error:[/bold red] {escape(type(exc).__name__ + ': ' + str(exc))} (re-run with --debug for the traceback)",
-                  highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _generic_failure(exc)
+
+
+# File-system failures (a full disk, a read-only or missing place) are the user's to fix, not bugs: exit 2 with a fix.
+# Writes are atomic, so the previous files are intact whenever one of these stops a command.
+_FILE_ERROR_FIXES = {
+    errno.ENOSPC: "free some disk space and re-run; finished work and the previous files are kept",
+    errno.EDQUOT: "free some space within your disk quota and re-run; finished work and the previous files are kept",
+    errno.EFBIG: "write to a file system that allows larger files",
+    errno.EACCES: "make that place writable, or write somewhere else (e.g. --output DIR)",
+    errno.EPERM: "make that place writable, or write somewhere else (e.g. --output DIR)",
+    errno.EROFS: "write somewhere else (e.g. --output DIR): that file system is read-only",
+    errno.ENOTDIR: "a part of that path is a file, not a directory; choose another path",
+    errno.EISDIR: "that path is a directory; name a file",
+    errno.EEXIST: "something already exists at that path; choose another path or move it away",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def _generic_failure(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/bold red] {escape(type(exc).__name__ + ': ' + str(exc))} (re-run with --debug for the traceback)",
+              highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def lookup(source: str) -> EmbeddedModel:
     name = source.removeprefix(PREFIX)
     if name not in EMBEDDED_MODELS:
         known = ", ".join(PREFIX + n for n in EMBEDDED_MODELS)
-        raise UserError(f"unknown embedded model {source!r}; known: {known}")
+        raise UserError(f"unknown embedded model {source!r}; known: {known}; fix: use one of them")
     return EMBEDDED_MODELS[name]
 
 

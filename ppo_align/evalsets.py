@@ -126,18 +126,44 @@ def load_evalset(name_or_path: str | Path) -> EvalSet:
         name, version = path.stem, "user"
     rows = read_rows(path)
     model = JudgeExample if rows and "response" in rows[0][1] else EvalItem
-    items, problems = [], []
+    items, problems, columns = [], [], {}
     for line, row in rows:
         try:
             items.append(model.model_validate(row))
         except ValidationError as exc:
             for err in exc.errors():
                 key = ".".join(str(p) for p in err["loc"]) or "(row)"
-                problems.append(f"{path}:{line}: {key}: {err['msg']}")
+                if err["type"] in ("missing", "extra_forbidden") and len(err["loc"]) == 1:
+                    columns.setdefault((err["type"], key), []).append(line)  # a column problem: one line, not one per row
+                else:
+                    value = err.get("input")
+                    shown = f" = {value!r}"[:60] if isinstance(value, (str, int, float)) else ""
+                    problems.append(f"{path}:{line}: {key}{shown}: {err['msg'][0].lower()}{err['msg'][1:]}; "
+                                    f"fix: correct it (see evalsets/DATASHEET.md for the columns)")
+    problems = _column_problems(path, model, columns) + problems
     problems += _set_problems(path, rows, items)
     if problems:
-        raise UserError(*problems[:20], *([f"{path}: ... and {len(problems) - 20} more problems"] if len(problems) > 20 else []))
+        raise UserError(*problems[:20], *([f"{path}: ... and {len(problems) - 20} more problems; fix: the ones above first"]
+                                          if len(problems) > 20 else []))
     return EvalSet(name=name, version=version, sha256=file_sha256(path), path=path, items=items)
+
+
+def _column_problems(path: Path, model, columns: dict[tuple[str, str], list[int]]) -> list[str]:
+    """Missing and unknown columns, one line each (a renamed column: one line saying so)."""
+    known = ", ".join(model.model_fields)
+
+    def rows(lines: list[int]) -> str:
+        return f"{path}:{lines[0]}" + (f" (and {len(lines) - 1} more rows)" if len(lines) > 1 else "")
+
+    missing = {key: lines for (kind, key), lines in columns.items() if kind == "missing"}
+    unknown = {key: lines for (kind, key), lines in columns.items() if kind == "extra_forbidden"}
+    if len(missing) == 1 and len(unknown) == 1 and list(missing.values()) == list(unknown.values()):
+        (want, lines), (have, _) = next(iter(missing.items())), next(iter(unknown.items()))
+        return [f"{rows(lines)}: no {want!r} column, and {have!r} is not a column of this set; "
+                f"fix: rename {have!r} to {want!r}"]
+    out = [f"{rows(lines)}: column {key!r} is missing; fix: add it (columns: {known})" for key, lines in missing.items()]
+    return out + [f"{rows(lines)}: unknown column {key!r}; fix: remove or rename it (columns: {known})"
+                  for key, lines in unknown.items()]
 
 
 def file_sha256(path: Path) -> str:
@@ -154,7 +180,7 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
             (one line naming ``file:line`` and the fix).
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of the first column
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); fix: save it as UTF-8 JSONL or CSV") from None
     except OSError as exc:
@@ -196,18 +222,21 @@ def _set_problems(path: Path, rows: list[tuple[int, dict]], items: list) -> list
     for item in items:
         where = f"{path}:{line_of.get(item.id, '?')}"
         if item.id in seen:
-            problems.append(f"{where}: id {item.id!r} is used twice")
+            problems.append(f"{where}: id {item.id!r} is used twice; fix: give every row its own id")
         seen.add(item.id)
         if not isinstance(item, EvalItem):
             continue
         if item.expected == "answer" and not item.answers:
-            problems.append(f"{where}: expected 'answer' needs a non-empty `answers` list")
+            problems.append(f"{where}: expected 'answer' needs a non-empty `answers` list; fix: add the accepted answers")
         if item.contrast_id is not None:
             twin = by_id.get(item.contrast_id)
             if twin is None:
-                problems.append(f"{where}: contrast_id {item.contrast_id!r} names no row in this set")
+                problems.append(f"{where}: contrast_id {item.contrast_id!r} names no row in this set; "
+                                "fix: name its twin's id, or drop it")
             elif twin.contrast_id != item.id:
-                problems.append(f"{where}: contrast pair is one-sided ({item.contrast_id!r} does not point back)")
+                problems.append(f"{where}: contrast pair is one-sided ({item.contrast_id!r} does not point back); "
+                                "fix: give the twin contrast_id " + repr(item.id))
             elif twin.expected == item.expected:
-                problems.append(f"{where}: contrast twins must differ in `expected` (both {item.expected!r})")
+                problems.append(f"{where}: contrast twins must differ in `expected` (both {item.expected!r}); "
+                                "fix: one is the safe prompt (comply), the other its unsafe twin (refuse)")
     return problems

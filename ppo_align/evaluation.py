@@ -98,6 +98,9 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
     """
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: not a run directory (it does not exist); fix: check the path "
+                        "(`ppo-align train` writes runs/<name>)")
     if not recipe_file.is_file():
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml); fix: pass the directory `ppo-align train` wrote, "
                         "e.g. runs/<name>")
@@ -119,6 +122,8 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
             skipped.append({"path": ckpt.path.name, "reason": "no COMPLETE marker (an interrupted save)"})
         elif not (adapter / "adapter_config.json").is_file():
             skipped.append({"path": ckpt.path.name, "reason": "no policy adapter in it"})
+        elif damaged := _damaged_weights(adapter):
+            skipped.append({"path": ckpt.path.name, "reason": f"damaged policy adapter ({damaged})"})
         else:
             targets.append(Target(ckpt.path.name, ckpt.step, adapter, adapter_fingerprint(adapter)))
     run_info = _read_json(run_dir / "run.json")
@@ -140,6 +145,8 @@ def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str 
         if not (path / "adapter_config.json").is_file():
             raise UserError(f"--adapter {path}: not a PEFT adapter directory (no adapter_config.json); "
                             "fix: pass a directory written by save_pretrained of a PEFT model")
+        if damaged := _damaged_weights(path):
+            raise UserError(f"--adapter {path}: {damaged}; fix: save the adapter again (or restore its files)")
         targets.append(Target(path.name, None, path, adapter_fingerprint(path)))
     if len({t.name for t in targets}) != len(targets):
         raise UserError("--adapter: two adapters share a directory name; fix: give them distinct directory names")
@@ -147,6 +154,24 @@ def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str 
     defaults = EvalSection()
     return Plan(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
                 sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
+
+
+def _damaged_weights(directory: Path) -> str | None:
+    """The first damaged safetensors file of an adapter directory (from headers only), or None."""
+    from ppo_align.models import safetensors_problem
+
+    return next(filter(None, map(safetensors_problem, sorted(directory.glob("*.safetensors")))), None)
+
+
+def _check_writable(directory: Path, fix: str) -> None:
+    """Fail before any compute when the results could not be saved (read-only place, a file in the way)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise UserError(f"{directory}: cannot write the results here ({exc.strerror}); fix: {fix}") from None
 
 
 def _settings(section, overrides: dict) -> GenerationSettings:
@@ -204,7 +229,7 @@ def evaluate(
     options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples, seed=seed, limit=limit)
     if model is not None:
         if runs:
-            raise UserError("pass either run directories or --model, not both")
+            raise UserError("pass either run directories or --model, not both; fix: drop one of them")
         plans = [plan_model(model, adapters, output=output, sets=sets, **options)]
     else:
         if runs is None:
@@ -232,7 +257,11 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
                         "fix: rename one of the files")
     section = plan.model.model_copy(update={"quantization": plan.model.quantization.model_copy(update={"load_in_4bit": False})}) \
         if full_precision else plan.model
-    from ppo_align.models import model_fingerprint
+    from ppo_align.models import check_model_source, model_fingerprint
+
+    # Everything that can be checked from files is, before a model is loaded or anything is written.
+    check_model_source(section.source, "model.source" if plan.run else "--model")
+    _check_writable(plan.out_dir, "make it writable" if plan.run else "pass a writable --output directory")
 
     base = {"source": section.source, "fingerprint": model_fingerprint(section.source),
             "load_in_4bit": section.quantization.load_in_4bit}
@@ -503,13 +532,20 @@ def _json_safe(value):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``path`` whole or not at all: a failure (disk full, Ctrl-C) leaves the previous file and no temporary one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write(): say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def _read_json(path: Path) -> dict:

@@ -1040,7 +1040,10 @@ class LabeledFile:
         """Write the rows with the judge's label added as ``column``, atomically (temp file, then rename)."""
         output = Path(output).expanduser()
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        except OSError as exc:  # name the file the user asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(output)) from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 for row, label in zip(self.rows, self.labels):

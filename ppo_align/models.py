@@ -9,6 +9,7 @@ adapter disabled, or, after a warm start, the frozen warm-start adapter.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,69 @@ from ppo_align.errors import UserError
 from ppo_align.recipe import Lora, ModelSection
 
 log = logging.getLogger(__name__)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be loaded (truncated, not safetensors), from its header alone; None if sound."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or length > min(size - 8, 100_000_000):
+                return f"{path.name} is not a safetensors file (unreadable header)"
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror})"
+    except ValueError:
+        return f"{path.name} is not a safetensors file (unreadable header)"
+    if not isinstance(header, dict):
+        return f"{path.name} is not a safetensors file (unreadable header)"
+    offsets = [t.get("data_offsets") for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if not all(isinstance(o, list) and len(o) == 2 and all(isinstance(x, int) for x in o) for o in offsets):
+        return f"{path.name} is not a safetensors file (unreadable header)"
+    end = max((o[1] for o in offsets), default=0)
+    if 8 + length + end > size:
+        return f"{path.name} is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def model_dir_problems(path: Path, *, need_weights: bool = False) -> list[str]:
+    """What stops ``path`` loading as a Hugging Face model directory, from its small files and weight headers.
+
+    Finds a missing or unreadable config.json and damaged safetensors files in seconds, before any loading;
+    ``need_weights`` also requires a weights file (a recipe check does not, so metadata-only directories validate).
+    """
+    fix = "fix: point at a Hugging Face model directory (config.json, tokenizer and weight files), or restore its files"
+    config = path / "config.json"
+    if not config.is_file():
+        return [f"directory has no config.json, so it is not a model directory; {fix}"]
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"config.json is not valid JSON ({str(exc).splitlines()[0][:80]}); {fix}"]
+    if not isinstance(data, dict):
+        return [f"config.json is not a JSON object; {fix}"]
+    problems = [f"{p}; {fix}" for p in map(safetensors_problem, sorted(path.glob("*.safetensors"))) if p]
+    if need_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        problems.append(f"no weight files (*.safetensors or *.bin) in it; {fix}")
+    return problems
+
+
+def check_model_source(source: str, what: str = "model.source") -> None:
+    """Raise UserError if a local model ``source`` is missing or damaged (embedded names and hub ids pass)."""
+    if embedded.is_embedded_source(source):
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        problems = model_dir_problems(path, need_weights=True)
+        if problems:
+            raise UserError(*(f"{what} = {source!r}: {p}" for p in problems))
+    elif path.exists():
+        raise UserError(f"{what} = {source!r}: a file, not a model directory; fix: pass the directory that holds config.json")
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise UserError(f"{what} = {source!r}: no such directory; fix: check the path, or use a hub id or "
+                        f"embedded:{next(iter(embedded.EMBEDDED_MODELS))}")
 
 
 def resolve_model_dir(source: str) -> str:
@@ -37,8 +101,9 @@ def load_tokenizer(section: ModelSection, model_dir: str, *, for_training: bool 
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision)
-    except OSError as exc:
-        raise UserError(f"model.source = {section.source!r}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError) as exc:  # missing files, or files transformers cannot make a tokenizer of
+        raise UserError(f"model.source = {section.source!r}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]}); "
+                        "fix: point at a model directory with its tokenizer files (tokenizer.json or tokenizer_config.json)") from None
     if not for_training and section.pad_token is None:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -429,7 +429,8 @@ def _read_source(source: str | Path | dict) -> tuple[dict, str, Path]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}")
+        raise UserError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}; "
+                        "fix: write one `key: value` line per section (`ppo-align recipe show NAME` prints a complete one)")
     return raw, str(path), path.parent.resolve()
 
 
@@ -491,6 +492,7 @@ _FIXES = {
     "string_pattern_mismatch": "use letters, digits, '.', '_' and '-' only",
     "union_tag_not_found": "add `source:` (function, model, judge or trained)",
     "union_tag_invalid": "use `source:` function, model, judge or trained",
+    "finite_number": "write a finite number",
 }
 
 
@@ -503,7 +505,7 @@ def _describe(err: dict, origin: str) -> str:
         name = loc[-1]
         choices = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-        fix = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(choices)}"
+        fix = f"did you mean {close[0]!r}?" if close else f"fix: remove it (valid keys here: {', '.join(choices)})"
         return f"{origin}: {path}: unknown key; {fix}"
     if kind == "missing":
         return f"{origin}: {path}: required key is missing; fix: add it (see `ppo-align recipes` for complete examples)"
@@ -511,8 +513,18 @@ def _describe(err: dict, origin: str) -> str:
     fix = _FIXES.get(kind, "")
     if kind == "literal_error":
         fix = "use one of the values listed"
-    value = f" = {err['input']!r}" if not isinstance(err.get("input"), dict) else ""
+    value = f" = {_short_repr(err['input'])}" if not isinstance(err.get("input"), dict) else ""
     return f"{origin}: {path}{value}: {msg}" + (f"; fix: {fix}" if fix else "")
+
+
+def _short_repr(value: Any) -> str:
+    """repr cut to a readable length: a huge value (a pasted file, YAML alias bombs) must not flood the one-line error."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlevel = 60, 60, 2
+    short.maxlist = short.maxtuple = short.maxdict = 5
+    return short.repr(value)
 
 
 def _schema_path(loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
@@ -651,28 +663,74 @@ def resource_problems(recipe: Recipe) -> list[str]:
             f"chat prompts; fix: set model.pad_token to another token the tokenizer knows (e.g. '<|endoftext|>')"
         )
     if recipe.warm_start is not None:
-        demos = recipe.resolve_path(recipe.warm_start.data)
-        if not demos.is_file():
-            problems.append(f"warm_start.data = {recipe.warm_start.data!r}: no such file ({demos}); fix: check the path")
-    prompts = recipe.resolve_path(recipe.data.prompts)
-    if not prompts.is_file():
-        problems.append(f"data.prompts = {recipe.data.prompts!r}: no such file ({prompts}); fix: check the path")
-    elif prompts.suffix.lower() not in {".jsonl", ".json", ".csv"}:
-        problems.append(f"data.prompts = {recipe.data.prompts!r}: expected a .jsonl or .csv file")
+        ws = recipe.warm_start
+        problems += _data_file_problems(recipe, "warm_start.data", ws.data, {ws.prompt_field: "warm_start.prompt_field",
+                                                                            ws.response_field: "warm_start.response_field"})
+    problems += _data_file_problems(recipe, "data.prompts", recipe.data.prompts,
+                                    {recipe.data.prompt_field: "data.prompt_field"}, every_row=False)
     problems += _reward_problems(recipe)
-    problems += _evalset_problems(recipe)
+    problems += _evalset_problems(recipe, "eval.sets", recipe.eval.sets)
+    problems += _evalset_problems(recipe, "audit.sets", recipe.audit.sets)  # `ppo-align audit-reward` uses them too
     return problems
 
 
-def _evalset_problems(recipe: Recipe) -> list[str]:
-    from ppo_align.evalsets import shipped_evalsets
+def _data_file_problems(recipe: Recipe, key: str, value: str, columns: dict[str, str | None], *,
+                        every_row: bool = True) -> list[str]:
+    """A JSONL/CSV data file the recipe names: it exists, reads as rows, and has text in the columns it needs.
+
+    ``columns`` maps each needed column to the recipe key that names it (None: a fixed name). With ``every_row``
+    each row needs them (training would stop on the first that lacks one); otherwise some row must (training skips
+    the empty ones).
+    """
+    from ppo_align.evalsets import read_rows
+
+    path = recipe.resolve_path(value)
+    where = f"{key} = {value!r}"
+    if not path.is_file():
+        return [f"{where}: no such file ({path}); fix: check the path (relative to the recipe file)"]
+    if path.suffix.lower() not in {".jsonl", ".json", ".csv"}:
+        return [f"{where}: expected a .jsonl or .csv file; fix: convert it to JSONL (one JSON object per line) or CSV"]
+    if path.suffix.lower() == ".json":
+        return []  # a JSON array is fine for the datasets library; only JSONL and CSV are checked row by row
+    try:
+        rows = read_rows(path)
+    except UserError as exc:
+        return [f"{where}: {exc.problems[0]}"]
+    problems = []
+    for column, names_it in columns.items():
+        lacking = [line for line, row in rows if not (isinstance(row.get(column), str) and row[column].strip())]
+        if len(lacking) == len(rows):
+            found = sorted({k for _, row in rows for k in row})
+            problems.append(f"{where}: no row has a text {column!r} column ({path.name}:{lacking[0]}"
+                            f"{' and every other row' if len(lacking) > 1 else ''}; columns: {', '.join(found)}); "
+                            f"fix: name the column {column!r}" + (f", or set {names_it}" if names_it else ""))
+        elif lacking and every_row:
+            shown = ", ".join(f"{path.name}:{n}" for n in lacking[:3])
+            shown += f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+            problems.append(f"{where}: {len(lacking)} rows lack a text {column!r} ({shown}); "
+                            "fix: fill them in or remove them")
+    return problems
+
+
+def _evalset_problems(recipe: Recipe, key: str, names: list[str]) -> list[str]:
+    """Eval sets a recipe names: shipped ones by name, the user's files loaded and checked row by row."""
+    from ppo_align.evalsets import load_evalset, shipped_evalsets
 
     shipped = shipped_evalsets()
-    return [
-        f"eval.sets[{i}] = {name!r}: neither a shipped set ({', '.join(shipped)}) nor a file; fix: check the name or path"
-        for i, name in enumerate(recipe.eval.sets)
-        if name not in shipped and not recipe.resolve_path(name).is_file()
-    ]
+    problems = []
+    for i, name in enumerate(names):
+        if name in shipped:
+            continue
+        path = recipe.resolve_path(name)
+        if not path.is_file():
+            problems.append(f"{key}[{i}] = {name!r}: neither a shipped set ({', '.join(shipped)}) nor a file; "
+                            "fix: check the name or path")
+            continue
+        try:
+            load_evalset(path)
+        except UserError as exc:
+            problems += [f"{key}[{i}] = {name!r}: {p}" for p in exc.problems]
+    return problems
 
 
 def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
@@ -688,9 +746,9 @@ def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
         return meta | {"eos_token": model.eos_token}, []
     path = Path(source).expanduser()
     if path.is_dir():
-        return _local_model_metadata(path), ([] if (path / "config.json").is_file() else [
-            f"model.source = {source!r}: directory has no config.json; fix: point at a Hugging Face model directory"
-        ])
+        from ppo_align.models import model_dir_problems
+
+        return _local_model_metadata(path), [f"model.source = {source!r}: {p}" for p in model_dir_problems(path)]
     if _looks_like_path(source):
         return {}, [f"model.source = {source!r}: no such directory; fix: check the path, or use embedded:{next(iter(embedded.EMBEDDED_MODELS))}"]
     return {}, []  # a hub id: checked when it is downloaded
@@ -724,8 +782,8 @@ def _reward_problems(recipe: Recipe) -> list[str]:
             return [f"reward.path = {reward.path!r}: not a model directory (no config.json at {path}); fix: check the path"]
         return []
     if isinstance(reward, TrainedReward):
-        path = recipe.resolve_path(reward.pairs)
-        return [] if path.is_file() else [f"reward.pairs = {reward.pairs!r}: no such file ({path}); fix: check the path"]
+        return _data_file_problems(recipe, "reward.pairs", reward.pairs,
+                                   {"prompt": None, "chosen": None, "rejected": None})
     if isinstance(reward, JudgeReward):
         return []  # build_judge checks the spec when training starts
     try:

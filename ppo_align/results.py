@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ppo_align.errors import UserError
 
@@ -63,6 +63,11 @@ class ShiftRow(_Schema):
     refusal: ChangeSchema
 
 
+class TargetSchema(_Schema):
+    name: str
+    step: int | None = None
+
+
 class ResultsSchema(_Schema):
     """The parts of results.json that readers rely on (the file carries more)."""
 
@@ -72,7 +77,7 @@ class ResultsSchema(_Schema):
     judge: dict
     generation: dict
     evalsets: dict[str, dict]
-    targets: list[dict]
+    targets: list[TargetSchema] = Field(min_length=1)
     skipped: list[dict]
     metrics: list[MetricRow]
     shifts: list[ShiftRow]
@@ -162,7 +167,12 @@ def load_results(path: str | Path) -> EvalResults:
             try:
                 data = json.loads(candidate.read_text(encoding="utf-8"))
             except ValueError as exc:
-                raise UserError(f"{candidate}: not valid JSON ({exc}); fix: re-run `ppo-align eval`") from None
+                raise UserError(f"{candidate}: not valid JSON ({str(exc)[:120]}); fix: re-run `ppo-align eval`") from None
+            except OSError as exc:
+                raise UserError(f"{candidate}: cannot read ({exc.strerror}); fix: check its permissions") from None
+            if not isinstance(data, dict):
+                raise UserError(f"{candidate}: not a results object (top level is {type(data).__name__}); "
+                                "fix: re-run `ppo-align eval` (the file was replaced or damaged)")
             version = data.get("schema_version")
             if version != SUPPORTED_SCHEMA:
                 raise UserError(f"{candidate}: schema_version {version!r}, this ppo-align reads {SUPPORTED_SCHEMA}; "
@@ -174,8 +184,29 @@ def load_results(path: str | Path) -> EvalResults:
                 where = ".".join(str(p) for p in first["loc"])
                 raise UserError(f"{candidate}: {where}: {first['msg']} ({exc.error_count()} problems); "
                                 "fix: re-run `ppo-align eval` (the file was edited or damaged)") from None
+            missing = _missing_parts(data)
+            if missing:
+                raise UserError(f"{candidate}: {missing[0]} ({len(missing)} problems); "
+                                "fix: re-run `ppo-align eval` (the file was edited or damaged)")
             return EvalResults(data, candidate)
     raise UserError(f"{path}: no {RESULTS} here; fix: run `ppo-align eval {path}` first")
+
+
+def _missing_parts(data: dict) -> list[str]:
+    """What readers look up by target and set but the file lacks: records, the "all" metric and shift rows."""
+    names = [t["name"] for t in data["targets"]]
+    metrics = {(m["target"], m["set"]) for m in data["metrics"] if m["category"] == "all"}
+    shifts = {(s["target"], s["set"]) for s in data["shifts"] if s["category"] == "all"}
+    missing = []
+    for i, name in enumerate(names):
+        for evalset in data["evalsets"]:
+            if evalset not in data["records"].get(name, {}):
+                missing.append(f"records.{name}.{evalset}: missing")
+            if (name, evalset) not in metrics:
+                missing.append(f"metrics: no row for {name} on {evalset}")
+            if i and (name, evalset) not in shifts:
+                missing.append(f"shifts: no row for {name} on {evalset}")
+    return missing
 
 
 def _flatten(row: dict) -> dict:

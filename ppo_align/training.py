@@ -7,12 +7,14 @@ prompts and reward, and hands them to :mod:`ppo_align.ppo`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -80,15 +82,19 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
         monitor = Monitor(recipe.monitor, held_out, tokenizer)
         log.info("monitor: %d training prompts held out for behaviour checks", len(held_out.input_ids))
+    seconds = info["seconds"] = {}  # wall time per stage (a reused stage takes ~0)
     warm_start = None  # stages train (or are reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
         from ppo_align.warm_start import ensure_warm_start
 
-        warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
+        with _timed(seconds, "warm_start"):
+            warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
         info["warm_start"] = str(warm_start.relative_to(run_dir))
-    scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=progress)  # may train a reward model
+    with _timed(seconds, "reward"):
+        scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=progress)  # may train a reward model
     if recipe.audit.enabled:
-        _preflight(recipe, scorer, tokenizer, model_dir)
+        with _timed(seconds, "audit"):
+            _preflight(recipe, scorer, tokenizer, model_dir)
     set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
     log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
     policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
@@ -98,6 +104,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     if start_from:
         log.info("resuming %s from %s", run_dir, start_from.path.name)
     info["status"] = "running"
+    ppo_started = time.perf_counter()
     try:
         run.train(resume_from=start_from)
         info["status"] = f"stopped early: {run.stopped_by}" if run.stopped_by else "finished"
@@ -109,6 +116,11 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         raise
     finally:
         info["ended"] = _now()
+        seconds["ppo"] = round(time.perf_counter() - ppo_started, 1)
+        updates = _updates_logged(run_dir) - (int(start_from.progress()["step"]) if start_from else 0)
+        if updates > 0 and seconds["ppo"]:
+            # Includes the monitor's checks and checkpoint writes: what a user waits for.
+            info["episodes_per_minute"] = round(updates * recipe.rollout_batch_size * 60 / seconds["ppo"], 1)
         last = checkpoints.latest_complete(run_dir)
         info["last_checkpoint"] = last.path.name if last else None
         if recipe.monitor.holdout:
@@ -119,6 +131,20 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     best = checkpoints.best(run_dir) if monitor else None
     return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
                      stopped_by=run.stopped_by)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict, stage: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(time.perf_counter() - started, 1)
+
+
+def _updates_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
 
 
 def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:

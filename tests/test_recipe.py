@@ -14,7 +14,8 @@ BROKEN = sorted((REPO / "tests" / "broken_recipes").glob("*.yaml"))
 
 
 def _expected_text(path: Path) -> str:
-    first = path.read_text().splitlines()[0] if path.read_text() else ""
+    text = path.read_bytes().decode("utf-8", "replace")  # some cases hold bytes that are not UTF-8 on purpose
+    first = text.splitlines()[0] if text else ""
     assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <text>'"
     return first.removeprefix("# expect: ")
 
@@ -31,7 +32,7 @@ def test_every_shipped_recipe_validates(recipe):
 
 
 def test_broken_corpus_is_large_enough():
-    assert len(BROKEN) >= 15
+    assert len(BROKEN) >= 35
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
@@ -40,6 +41,10 @@ def test_broken_recipe_fails_naming_the_key(path, run_cli):
     assert code == 2
     assert _expected_text(path) in err
     assert "Traceback" not in err
+    # One short line per problem, each with its fix (a suggestion counts), however large the bad value.
+    for line in err.strip().splitlines():
+        assert line.startswith("error: ") and ("fix:" in line or "did you mean" in line), line
+        assert len(line) < 500, line[:200]
 
 
 def test_all_schema_errors_reported_at_once(tmp_path):

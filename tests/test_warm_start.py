@@ -67,7 +67,9 @@ def test_demonstrations_name_bad_rows(warm_recipe, tmp_path):
     from ppo_align import models
     from ppo_align.warm_start import demonstrations
 
-    recipe = load_recipe(warm_recipe)
+    with pytest.raises(UserError, match=r"bad.jsonl:2"):  # `ppo-align validate` finds the row too
+        load_recipe(warm_recipe)
+    recipe = load_recipe(warm_recipe, check_resources=False)  # and the warm start, if the file changes later
     with pytest.raises(UserError, match=r"bad.jsonl:2"):
         demonstrations(recipe, models.load_tokenizer(recipe.model, recipe.model.source))
 
