@@ -18,7 +18,7 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
             "--set", "ppo.save_steps=1", "--set", "warm_start.epochs=0.1", "--set", "monitor.holdout=8",
             "--set", "monitor.min_refusal={}"]
     caplog.set_level(logging.WARNING)
-    code, out, err = run_cli(*args, "--set", "ppo.total_episodes=16")
+    code, out, err = run_cli(*args, "--set", "ppo.total_episodes=32")
     assert code == 0, err
     run = tmp_path / "smollm2-refusal-boundary"
     assert (run / "checkpoint-1" / "COMPLETE").is_file()
@@ -29,7 +29,7 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     warm = (run / "warm-start" / "stage.json").read_bytes()
 
     # Ask for one more update: the run resumes from checkpoint-1 instead of starting over.
-    code, out, err = run_cli(*args, "--set", "ppo.total_episodes=32")
+    code, out, err = run_cli(*args, "--set", "ppo.total_episodes=64")
     assert code == 0, err
     assert json.loads((run / "run.json").read_text())["resumed_from"] == "checkpoint-1"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -42,8 +42,34 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     assert code == 0, err
     results = json.loads((run / "eval" / "results.json").read_text())
     assert [t["name"] for t in results["targets"]] == ["reference", "checkpoint-1", "checkpoint-2"]
-    assert set(results["evalsets"]) == {"boundary", "knowledge"} and results["evalsets"]["boundary"]["n"] == 12
+    assert set(results["evalsets"]) == {"boundary", "refusal", "knowledge"} and results["evalsets"]["boundary"]["n"] == 12
     assert "reference → checkpoint-2" in out
+
+    # Adapter swapping is exact on the real 4-bit model: checkpoint-2's answers in results.json equal those
+    # of a freshly loaded base with only its adapter. (Adapters loaded after bitsandbytes' first CPU
+    # forward once produced garbage here.)
+    from peft import PeftModel
+
+    from ppo_align import inference, load_recipe, models
+    from ppo_align.evalsets import load_evalset
+    from ppo_align.prompts import encode_chat
+
+    section = load_recipe(run / "recipe.yaml").model
+    model_dir = models.resolve_model_dir(section.source)
+    tokenizer = models.load_tokenizer(section, model_dir, for_training=False)
+    fresh = PeftModel.from_pretrained(models.load_for_inference(section, model_dir, tokenizer),
+                                      str(run / "checkpoint-2" / "policy")).eval()
+    system = [{"role": "system", "content": results["system_prompt"]}] if results["system_prompt"] else []
+    records = results["records"]["checkpoint-2"]["boundary"][:4]
+    items = {item.id: item for item in load_evalset("boundary").items}
+    prompts = [encode_chat(tokenizer, system + [{"role": "user", "content": items[r["id"]].prompt}]) for r in records]
+    generated = inference.generate(fresh, tokenizer, prompts, inference.GenerationSettings(max_new_tokens=8, batch_size=4))
+    assert [g.text for g in generated] == [r["response"] for r in records]
+
+    # The last step of the main command: the report.
+    code, out, err = run_cli("report", run)
+    assert code == 0, err
+    assert (run / "report" / "report.html").is_file() and "knowledge unchanged" in out
 
 
 def test_knowledge_control_is_answerable_by_the_embedded_model():
