@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ppo_align import claims as claims_mod
 from ppo_align.errors import UserError
-from ppo_align.results import HEADLINE, EvalResults, load_results
+from ppo_align.results import HEADLINE, EvalResults, format_delta, format_p, load_results
 
 REPORT_MD, REPORT_HTML, PLOTS_DIR = "report.md", "report.html", "plots"
 
@@ -234,8 +234,8 @@ def _headline_table(results: EvalResults, target: str) -> Table:
                 continue
             change = shift.get(key)
             rows.append([evalset, f"{label} ({about})", _rate(ref[key]), _rate(now[key]),
-                         _delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
-                         _p(change["p_value"]) if change else ""])
+                         format_delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
+                         format_p(change["p_value"]) if change else ""])
         if now.get("kl") is not None and target != reference:
             rows.append([evalset, "KL to reference (per token)", "0", f"{now['kl']:.4f}", "", "", ""])
     return Table(["set", "metric", "reference", target, "change, pts [95% CI]", "flips +/−", "McNemar p"], rows)
@@ -485,11 +485,3 @@ def _rate(r: dict) -> str:
     if not r["n"]:
         return "–"
     return f"{100 * r['rate']:.0f}% [{100 * r['low']:.0f}–{100 * r['high']:.0f}] (n={r['n']})"
-
-
-def _delta(c: dict) -> str:
-    return f"{100 * c['delta']:+.1f} [{100 * c['low']:+.0f}, {100 * c['high']:+.0f}]"
-
-
-def _p(p: float | None) -> str:
-    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")

@@ -151,8 +151,8 @@ class EvalResults:
                 change = shift.get(key)
                 table.add_row(
                     evalset, label, _rate(ref[key]), _rate(now[key]),
-                    _delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
-                    _p(change["p_value"]) if change else "",
+                    format_delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
+                    format_p(change["p_value"]) if change else "",
                 )
             if target != self.targets[0]:
                 table.add_row(evalset, "KL to reference", "0", "–" if now["kl"] is None else f"{now['kl']:.3f}", "", "", "")
@@ -226,9 +226,11 @@ def _rate(r: dict) -> str:
     return f"{100 * r['rate']:.0f}% [{100 * r['low']:.0f}–{100 * r['high']:.0f}]"
 
 
-def _delta(c: dict) -> str:
+def format_delta(c: dict) -> str:
+    """A paired change in points with its 95% interval, e.g. "-25.0 [-34, -16]"."""
     return f"{100 * c['delta']:+.1f} [{100 * c['low']:+.0f}, {100 * c['high']:+.0f}]"
 
 
-def _p(p: float) -> str:
+def format_p(p: float | None) -> str:
+    """A p-value for tables: three decimals, "<0.001" below that, "–" when missing."""
     return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
