@@ -54,7 +54,7 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     from ppo_align.evalsets import load_evalset
     from ppo_align.prompts import encode_chat
 
-    section = load_recipe(run / "recipe.yaml").model
+    section = load_recipe(run / "recipe.yaml", check_resources=False).model
     model_dir = models.resolve_model_dir(section.source)
     tokenizer = models.load_tokenizer(section, model_dir, for_training=False)
     fresh = PeftModel.from_pretrained(models.load_for_inference(section, model_dir, tokenizer),
