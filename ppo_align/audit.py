@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppo_align.evalsets import load_evalset
+from ppo_align.files import write_atomic
 from ppo_align.metrics import rate
 from ppo_align.recipe import Recipe
 
@@ -152,9 +153,7 @@ def _reference_ranking(recipe, scorer, tokenizer, model_dir, set_name, items) ->
 
 
 def write_audit(result: AuditResult, run_dir: Path) -> Path:
-    from ppo_align.training import _write_atomic
-
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / AUDIT_FILE
-    _write_atomic(path, json.dumps(result.to_dict(), indent=2))
+    write_atomic(path, json.dumps(result.to_dict(), indent=2))
     return path

@@ -9,6 +9,7 @@ appear only with ``--debug``.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ppo_align import __version__
-from ppo_align.errors import UserError
+from ppo_align.errors import Interrupted, UserError
 
 app = typer.Typer(
     name="ppo-align",
@@ -319,8 +320,12 @@ def main() -> None:
         err.print(f"[bold red]error:[/bold red] {escape(where + (exc.strerror or str(exc)))}; fix: {escape(fix)}",
                   highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; finished work is kept (complete checkpoints, cached evaluations): re-run the command to continue")
+    except _Interrupt as exc:
+        if isinstance(exc.interrupt, Interrupted):  # training saved the update in progress before stopping
+            err.print(escape(str(exc.interrupt)), highlight=False, soft_wrap=True)
+            sys.exit(exc.interrupt.exit_code)
+        err.print("interrupted; finished work is kept (complete checkpoints, cached evaluations): re-run the command to continue",
+                  highlight=False, soft_wrap=True)
         sys.exit(130)
     except Exception as exc:  # a bug or an environment failure: say what, keep the traceback for --debug
         if debug:
@@ -343,6 +348,29 @@ _FILE_ERROR_FIXES = {
     errno.ENOENT: "check the path",
     errno.ENAMETOOLONG: "use a shorter path",
 }
+
+
+class _Interrupt(Exception):
+    """Carries Ctrl-C past typer, which would otherwise turn it into a silent exit 130."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__(str(interrupt))
+        self.interrupt = interrupt
+
+
+def _report_interrupts(command):
+    @functools.wraps(command)  # typer reads the parameters through __wrapped__
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as interrupt:
+            raise _Interrupt(interrupt) from interrupt
+
+    return run
+
+
+for _command in (*app.registered_commands, *recipe_app.registered_commands):
+    _command.callback = _report_interrupts(_command.callback)
 
 
 def _generic_failure(exc: BaseException) -> None:

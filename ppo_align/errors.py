@@ -28,3 +28,11 @@ class UserError(Exception):
 
 class TrainingStopped(UserError):
     """A guard stopped training (non-finite loss or reward, KL past ppo.max_kl); the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after the update in progress, which was saved first."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention for "ended by a signal"

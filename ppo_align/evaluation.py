@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -32,6 +31,7 @@ from typing import Callable, Iterable
 from ppo_align import checkpoints
 from ppo_align.errors import UserError
 from ppo_align.evalsets import EvalItem, EvalSet, load_evalset
+from ppo_align.files import read_json, write_json_atomic
 from ppo_align.inference import GenerationSettings
 from ppo_align.metrics import flips, group_metrics, shift_metrics
 from ppo_align.recipe import ModelSection, Recipe, load_recipe
@@ -126,7 +126,7 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
             skipped.append({"path": ckpt.path.name, "reason": f"damaged policy adapter ({damaged})"})
         else:
             targets.append(Target(ckpt.path.name, ckpt.step, adapter, adapter_fingerprint(adapter)))
-    run_info = _read_json(run_dir / "run.json")
+    run_info = read_json(run_dir / "run.json")
     run = {"dir": str(run_dir), "name": run_dir.name, "recipe": recipe.name, "recipe_yaml": recipe.to_yaml(),
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
     return Plan(out_dir=run_dir / EVAL_DIR, model=recipe.model, system_prompt=recipe.data.system_prompt,
@@ -284,7 +284,7 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
             judge_info["validation"][gold] = {"error": str(exc)}
     timing = {"model_load_seconds": session.load_seconds, "computed": session.computed}
     results = _json_safe(_assemble(plan, base, evalsets, judge_info, records, timing))
-    _write_json_atomic(plan.out_dir / RESULTS, results)
+    write_json_atomic(plan.out_dir / RESULTS, results)
     return EvalResults(results, plan.out_dir / RESULTS)
 
 
@@ -520,7 +520,7 @@ class Cache:
         return entry if entry.get("key") == key else None
 
     def put(self, key: dict, entry: dict) -> None:
-        _write_json_atomic(self._path(key), entry)
+        write_json_atomic(self._path(key), entry)
 
 
 def _json_safe(value):
@@ -532,30 +532,6 @@ def _json_safe(value):
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``path`` whole or not at all: a failure (disk full, Ctrl-C) leaves the previous file and no temporary one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write(): say which file
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,

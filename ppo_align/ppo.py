@@ -11,7 +11,9 @@ the policy. We add, without copying its loop:
 * a deterministic, resumable prompt order that keeps the samples of one
   prompt in the same rollout batch (``ppo.samples_per_prompt``);
 * metrics.jsonl / samples.jsonl, a progress bar, and guards (non-finite
-  values, KL budget, updates that change nothing).
+  values, KL budget, updates that change nothing);
+* Ctrl-C / SIGTERM: the update in progress finishes and is saved, then the run
+  stops (a second Ctrl-C stops at once; atomic saves keep the last checkpoint).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import json
 import logging
 import math
 import os
+import pickle
+import signal
+import threading
 import time
+from contextlib import contextmanager
 import types
 from pathlib import Path
 
@@ -37,7 +43,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints
-from ppo_align.errors import TrainingStopped, UserError
+from ppo_align.errors import Interrupted, TrainingStopped, UserError
 from ppo_align.models import REFERENCE_ADAPTER
 from ppo_align.monitor import Check, Monitor
 from ppo_align.prompts import PromptSet
@@ -135,6 +141,11 @@ class TRLRewardModule(nn.Module):
         scores = torch.as_tensor(scores, dtype=torch.float32, device=input_ids.device).reshape(-1)
         if scores.numel() != len(responses):
             raise ValueError(f"the reward returned {scores.numel()} scores for {len(responses)} responses")
+        if not torch.isfinite(scores).all():
+            # Caught before TRL turns it into advantages: one NaN would poison every weight in the update.
+            bad = [(p, s) for p, s in zip(prompts, scores.tolist()) if not math.isfinite(s)]
+            raise NonFiniteReward(f"the reward returned {bad[0][1]} for {len(bad)} of {len(responses)} responses "
+                                  f"(first prompt: {bad[0][0][:60]!r})")
         for prompt, response, score, n in zip(prompts, responses, scores.tolist(), lengths):
             self.records.append({"prompt": prompt, "response": response, "reward": score, "response_tokens": n})
         return types.SimpleNamespace(hidden_states=(scores.view(-1, 1, 1).expand(-1, input_ids.shape[1], 1),))
@@ -142,6 +153,10 @@ class TRLRewardModule(nn.Module):
     def drain(self) -> list[dict]:
         records, self.records = self.records, []
         return records
+
+
+class NonFiniteReward(ValueError):
+    """A reward source returned NaN or inf for a rollout."""
 
 
 class GroupedSampler(Sampler):
@@ -171,6 +186,9 @@ class GroupedSampler(Sampler):
         self.skip *= batch_size
 
 
+SCHEDULER_FILE = "scheduler.json"
+
+
 class StopRule(Exception):
     """A monitor rule ended the run early: an outcome, not an error."""
 
@@ -184,6 +202,7 @@ class RunCallback(TrainerCallback):
         self.step_started = time.perf_counter()
         self.fingerprint: float | None = None
         self.progress = None
+        self.stop_signal: int | None = None  # set by a Ctrl-C / SIGTERM handler; honoured after the update
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.restore:  # TRL reset these just before calling us
@@ -226,9 +245,13 @@ class RunCallback(TrainerCallback):
             log.warning("PPO update %d left every policy LoRA weight unchanged: the policy is not learning "
                         "(on CPU, see models.keep_4bit_gradients_on_cpu)", state.global_step)
         self.fingerprint = fingerprint
-        if state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps:
-            check = run.check_behaviour(state.global_step)
-            run.save(state, check)
+        due = state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
+        if due or self.stop_signal is not None:
+            check = run.check_behaviour(state.global_step) if due else None
+            ckpt = run.save(state, check)
+            if self.stop_signal is not None:
+                raise Interrupted(f"interrupted after PPO update {state.global_step} of {state.max_steps}, saved as "
+                                  f"{ckpt.path.name}; run the same train command again to resume", self.stop_signal)
             if check is not None and check.floor_broken and run.recipe.monitor.stop_below_floor:
                 raise StopRule(f"stopped by monitor rule at PPO update {state.global_step}: {'; '.join(check.violations)}")
         self.step_started = time.perf_counter()
@@ -282,9 +305,9 @@ class PPORun:
             # torch RNG, which would shift the sampling stream of a resumed run.
             generator=torch.Generator().manual_seed(recipe.ppo.seed),
         ))
-        # Checkpoint state = optimizer, scheduler, RNG; model weights are saved as adapters instead
-        # (a full state dict would carry the 4-bit base).
-        accelerator.register_for_checkpointing(self.trainer.lr_scheduler)
+        # Checkpoint state = optimizer and RNG (accelerate, loaded with weights_only) + the scheduler as JSON
+        # (accelerate would pickle it, and unpickle it without weights_only on resume); model weights
+        # are saved as adapters instead (a full state dict would carry the 4-bit base).
         accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: (models.clear(), weights.clear()))
         accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
@@ -330,6 +353,7 @@ class PPORun:
             self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
             self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
             self.trainer.accelerator.save_state(str(directory / checkpoints.STATE_DIR))
+            (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
 
         ckpt = checkpoints.write_checkpoint(
             self.run_dir, state.global_step,
@@ -347,7 +371,14 @@ class PPORun:
 
         for module, part in ((self.unwrapped.policy, checkpoints.POLICY_DIR), (self.unwrapped.value_model, checkpoints.VALUE_DIR)):
             set_peft_model_state_dict(module, load_file(ckpt.path / part / "adapter_model.safetensors"))
-        self.trainer.accelerator.load_state(str(ckpt.path / checkpoints.STATE_DIR))
+        state_dir = ckpt.path / checkpoints.STATE_DIR
+        try:
+            self.trainer.accelerator.load_state(str(state_dir))
+            self.trainer.lr_scheduler.load_state_dict(json.loads((state_dir / SCHEDULER_FILE).read_text()))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, FileNotFoundError) as exc:
+            # torch.load runs with weights_only=True, so a file carrying arbitrary objects is refused, not run.
+            raise UserError(f"{state_dir}: cannot restore the training state ({str(exc).splitlines()[0][:160]}); "
+                            f"fix: delete {ckpt.path.name} to resume from an earlier checkpoint, or train with --fresh") from None
         # The optimizer state carries the learning rate of the saved schedule. If the run was extended
         # (more ppo.total_episodes), the schedule's length changed: take the lr from the new schedule
         # at the restored step, or a linear schedule that had decayed to 0 would freeze the policy.
@@ -375,10 +406,37 @@ class PPORun:
         try:
             if self.monitor is not None and done == 0:
                 self.check_behaviour(0)  # the starting point (the reference) on the same prompts
-            self.trainer.train()
+            with _stop_after_update_on_signal(self.callback):
+                self.trainer.train()
         except StopRule as stop:
             self.stopped_by = str(stop)
             log.warning("%s", stop)
+        except NonFiniteReward as exc:
+            step = self.trainer.state.global_step + 1
+            raise TrainingStopped(self.stop_message(step, str(exc), "make the reward return finite numbers")) from None
         finally:
             gc.unfreeze()
             self.trainer.args.num_total_batches = total
+
+
+@contextmanager
+def _stop_after_update_on_signal(callback: RunCallback):
+    """First Ctrl-C (or SIGTERM, as schedulers send before killing a job): finish and save the update in
+    progress, then stop. A second Ctrl-C raises KeyboardInterrupt at once."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if callback.stop_signal is not None:
+            raise KeyboardInterrupt
+        callback.stop_signal = signum
+        log.warning("%s: finishing the PPO update in progress, then saving a checkpoint "
+                    "(press Ctrl-C again to stop at once)", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppo_align import claims as claims_mod
 from ppo_align.errors import UserError
+from ppo_align.files import read_json, read_jsonl, write_atomic
 from ppo_align.results import HEADLINE, EvalResults, format_delta, format_p, load_results
 
 REPORT_MD, REPORT_HTML, PLOTS_DIR = "report.md", "report.html", "plots"
@@ -85,7 +83,7 @@ def load_run(path: str | Path, target: str | None = None) -> RunData:
     path = Path(path)
     results = load_results(path)
     run_dir = _run_dir(path, results)
-    info = _read_json(run_dir / "run.json") if run_dir else {}
+    info = read_json(run_dir / "run.json") if run_dir else {}
     best = info.get("best_checkpoint")
     if target is None:
         target = best if best in results.targets else results.latest
@@ -94,8 +92,8 @@ def load_run(path: str | Path, target: str | None = None) -> RunData:
                         "fix: pick one of those or re-run `ppo-align eval`")
     name = (results.data.get("run") or {}).get("name") or path.name
     return RunData(name, results, target, run_dir, info,
-                   _read_jsonl(run_dir / "metrics.jsonl") if run_dir else [],
-                   _read_jsonl(run_dir / "monitor.jsonl") if run_dir else [])
+                   read_jsonl(run_dir / "metrics.jsonl") if run_dir else [],
+                   read_jsonl(run_dir / "monitor.jsonl") if run_dir else [])
 
 
 def _run_dir(path: Path, results: EvalResults) -> Path | None:
@@ -104,25 +102,6 @@ def _run_dir(path: Path, results: EvalResults) -> Path | None:
         if candidate is not None and (candidate / "run.json").is_file():
             return candidate
     return None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by a crash mid-write: skip it rather than refuse the report
-            continue
-    return rows
 
 
 # --------------------------------------------------------------------------- the document
@@ -346,16 +325,9 @@ def _write_files(directory: Path, title: str, sections: list[Section]) -> None:
     for section in sections:
         for block in section.blocks:
             if isinstance(block, Figure):
-                _atomic_write(plots_dir / f"{block.name}.png", block.png)
-    _atomic_write(directory / REPORT_MD, render_markdown(title, sections).encode("utf-8"))
-    _atomic_write(directory / REPORT_HTML, render_html(title, sections).encode("utf-8"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+                write_atomic(plots_dir / f"{block.name}.png", block.png)
+    write_atomic(directory / REPORT_MD, render_markdown(title, sections).encode("utf-8"))
+    write_atomic(directory / REPORT_HTML, render_html(title, sections).encode("utf-8"))
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:

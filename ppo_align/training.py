@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from ppo_align import checkpoints, models
 from ppo_align.errors import UserError
+from ppo_align.files import write_atomic
 from ppo_align.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     """
     run_dir = recipe.run_dir
     start_from = _prepare_run_dir(recipe, run_dir, resume, force)
-    _write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     info = _run_info(recipe, start_from)
-    _write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
 
     from transformers import set_seed
 
@@ -126,7 +126,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         if recipe.monitor.holdout:
             best = checkpoints.best(run_dir)
             info["best_checkpoint"] = best.path.name if best else None
-        _write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+        write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     done = [c.path for c in checkpoints.find_checkpoints(run_dir) if c.complete]
     best = checkpoints.best(run_dir) if monitor else None
     return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
@@ -220,13 +220,7 @@ def _truncate_logs(run_dir: Path, step: int) -> None:
                     kept.append(line)
             except ValueError:
                 continue  # a line cut short by a crash
-        _write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _now() -> str:

@@ -316,18 +316,13 @@ def test_disk_full_while_writing_eval_results_keeps_the_previous_ones(sandbox, r
 
 
 def test_disk_full_while_writing_a_report_keeps_the_previous_one(sandbox, run_cli, monkeypatch):
-    from ppo_align import reporting
-
     sandbox("run")
     code, _, err = run_cli("report", "runs/crafted")
     assert code == 0, err
     before = _snapshot(sandbox.root)
     assert "runs/crafted/report/report.html" in before
 
-    def full(path, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    monkeypatch.setattr(reporting, "_atomic_write", full)
+    monkeypatch.setattr(os, "fsync", _no_space)
     code, _, err = run_cli("report", "runs/crafted")
     assert_clean_failure(code, err, ["runs/crafted/report", os.strerror(errno.ENOSPC), "free some disk space"])
     assert _snapshot(sandbox.root) == before
@@ -335,14 +330,14 @@ def test_disk_full_while_writing_a_report_keeps_the_previous_one(sandbox, run_cl
 
 def test_file_errors_say_which_file_when_the_os_does_not(tmp_path):
     """A write() that fails with ENOSPC names no file; the atomic writer adds it and removes its temporary file."""
-    from ppo_align.evaluation import _write_json_atomic
+    from ppo_align.files import write_json_atomic
 
     target = tmp_path / "results.json"
     target.write_text('{"previous": true}')
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(json, "dump", _no_space)  # as write() fails on a full disk: no file name in the error
+        patch.setattr(os, "fsync", _no_space)  # as a flush fails on a full disk: no file name in the error
         with pytest.raises(OSError) as info:
-            _write_json_atomic(target, {"new": True})
+            write_json_atomic(target, {"new": True})
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert target.read_text() == '{"previous": true}' and sorted(os.listdir(tmp_path)) == ["results.json"]

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ppo_align import UserError
-from ppo_align.evalsets import EvalItem, JudgeExample, file_sha256, load_evalset, shipped_evalsets
+from ppo_align.evalsets import EvalItem, JudgeExample, load_evalset, shipped_evalsets
 from ppo_align.judges import answer_matches
 
 from conftest import REPO

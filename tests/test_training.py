@@ -203,9 +203,44 @@ def test_nan_reward_stops_and_keeps_last_good_checkpoint(tiny_recipe, tmp_path):
     tiny_recipe["reward"] = {"source": "function", "function": str(tmp_path / "nan_reward.py") + ":reward"}
     tiny_recipe["ppo"].update(total_episodes=16, save_steps=1, local_rollout_forward_batch_size=4)
     recipe = load_recipe(tiny_recipe)
-    with pytest.raises(TrainingStopped, match="non-finite reward_mean.*checkpoint-2"):
+    with pytest.raises(TrainingStopped, match=r"update 3: the reward returned nan for 4 of 4 .*checkpoint-2"):
         train(recipe, progress=False)
     assert latest_complete(recipe.run_dir).step == 2
+    assert [m["step"] for m in _read_jsonl(recipe.run_dir / "metrics.jsonl")] == [1, 2]
+    assert json.loads((recipe.run_dir / "run.json").read_text())["status"] == "failed: TrainingStopped"
+
+
+def test_nan_loss_stops_before_a_poisoned_checkpoint(tiny_recipe, monkeypatch):
+    """A value model that starts returning NaN (as an overflow would) makes the losses non-finite:
+    the run stops at that update, and no checkpoint holds the poisoned weights."""
+    from safetensors.torch import load_file
+
+    from ppo_align import models
+
+    load_value = models.load_value_model
+
+    def poisoned_after_two_updates(*args, **kwargs):
+        model = load_value(*args, **kwargs)
+        calls = {"n": 0}
+
+        def hook(module, inputs, output):
+            calls["n"] += 1
+            # Each update scores its rollout once, then runs one forward per minibatch.
+            return output * float("nan") if calls["n"] > 4 else output
+
+        model.score.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(models, "load_value_model", poisoned_after_two_updates)
+    tiny_recipe["ppo"].update(total_episodes=24, save_steps=1)
+    recipe = load_recipe(tiny_recipe)
+    with pytest.raises(TrainingStopped, match=r"non-finite .*value_loss.*the last good checkpoint is checkpoint-\d"):
+        train(recipe, progress=False)
+    last = latest_complete(recipe.run_dir)
+    assert 1 <= last.step < 6
+    for part in ("policy", "value"):
+        weights = load_file(last.path / part / "adapter_model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values()), part
 
 
 def test_max_kl_guard(tiny_recipe):
