@@ -260,7 +260,7 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     from ppo_align.models import check_model_source, model_fingerprint
 
     # Everything that can be checked from files is, before a model is loaded or anything is written.
-    check_model_source(section.source, "model.source" if plan.run else "--model")
+    check_model_source(section.source, "model.source" if plan.run else "--model", trust_remote_code=section.trust_remote_code)
     _check_writable(plan.out_dir, "make it writable" if plan.run else "pass a writable --output directory")
 
     base = {"source": section.source, "fingerprint": model_fingerprint(section.source),

@@ -19,6 +19,7 @@ labels a user's own JSONL/CSV file and measures agreement with its gold labels.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -691,6 +692,9 @@ class ClassifierJudge:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"judge {str(path)!r}: config.json is not valid JSON ({exc}); "
                             "fix: re-save the model with save_pretrained()") from None
+        if "auto_map" in config:  # transformers would import the directory's own Python code
+            raise UserError(f"judge {str(path)!r}: config.json asks to run the model's own Python code (auto_map), "
+                            "which ppo-align never does for a judge; fix: use a classifier transformers supports natively")
         self.id2label = self._labels(config.get("id2label") or {})
         weights = next((self.path / f for f in _WEIGHT_FILES if (self.path / f).is_file()), None)
         if weights is None:
@@ -848,9 +852,13 @@ class HttpJudge:
                 self._sleep(self.backoff * 2 ** (attempt - 1))
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _opener_without_redirects().open(request, timeout=self.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as exc:
+                if 300 <= exc.code < 400:
+                    raise UserError(f"judge {self.url}: HTTP {exc.code} redirects to {exc.headers.get('Location')!r}, "
+                                    "which ppo-align does not follow (the request and its token would go to a host "
+                                    "the recipe did not name); fix: use the final URL") from None
                 if exc.code < 500:
                     raise UserError(f"judge {self.url}: HTTP {exc.code} {exc.reason} ({_excerpt(exc.read())}); "
                                     "fix: check the URL and, if it needs one, the token (--token-env)") from None
@@ -860,6 +868,18 @@ class HttpJudge:
                 problem = f"timed out after {self.timeout:g}s" if isinstance(reason, TimeoutError) else str(reason)
         raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries (last: {problem}); "
                         "fix: check that the service is up, or raise its timeout")
+
+
+@functools.cache
+def _opener_without_redirects():
+    """The judge's requests go to the URL the recipe names and nowhere else."""
+    import urllib.request
+
+    class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # urllib then raises the 3xx as an HTTPError
+
+    return urllib.request.build_opener(RefuseRedirects)
 
 
 def _excerpt(body: bytes, limit: int = 80) -> str:

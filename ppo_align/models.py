@@ -46,11 +46,13 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def model_dir_problems(path: Path, *, need_weights: bool = False) -> list[str]:
+def model_dir_problems(path: Path, *, need_weights: bool = False, trust_remote_code: bool = False) -> list[str]:
     """What stops ``path`` loading as a Hugging Face model directory, from its small files and weight headers.
 
     Finds a missing or unreadable config.json and damaged safetensors files in seconds, before any loading;
     ``need_weights`` also requires a weights file (a recipe check does not, so metadata-only directories validate).
+    A directory whose config or tokenizer config names its own code ("auto_map") is refused unless
+    ``trust_remote_code``: loading it would import and run that code.
     """
     fix = "fix: point at a Hugging Face model directory (config.json, tokenizer and weight files), or restore its files"
     config = path / "config.json"
@@ -63,18 +65,32 @@ def model_dir_problems(path: Path, *, need_weights: bool = False) -> list[str]:
     if not isinstance(data, dict):
         return [f"config.json is not a JSON object; {fix}"]
     problems = [f"{p}; {fix}" for p in map(safetensors_problem, sorted(path.glob("*.safetensors"))) if p]
+    if not trust_remote_code:
+        problems += [f"{name} asks to run the model's own Python code (auto_map); ppo-align runs it only when the "
+                     "recipe says model.trust_remote_code: true; fix: use a model transformers supports natively, "
+                     "or read that code and set model.trust_remote_code: true"
+                     for name in ("config.json", "tokenizer_config.json") if "auto_map" in _json_object(path / name)]
     if need_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         problems.append(f"no weight files (*.safetensors or *.bin) in it; {fix}")
     return problems
 
 
-def check_model_source(source: str, what: str = "model.source") -> None:
-    """Raise UserError if a local model ``source`` is missing or damaged (embedded names and hub ids pass)."""
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_model_source(source: str, what: str = "model.source", *, trust_remote_code: bool = False) -> None:
+    """Raise UserError if a local model ``source`` is missing, damaged, or would run its own code untrusted
+    (embedded names and hub ids pass; transformers itself refuses a hub model's code unless trusted)."""
     if embedded.is_embedded_source(source):
         return
     path = Path(source).expanduser()
     if path.is_dir():
-        problems = model_dir_problems(path, need_weights=True)
+        problems = model_dir_problems(path, need_weights=True, trust_remote_code=trust_remote_code)
         if problems:
             raise UserError(*(f"{what} = {source!r}: {p}" for p in problems))
     elif path.exists():
@@ -100,7 +116,7 @@ def load_tokenizer(section: ModelSection, model_dir: str, *, for_training: bool 
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=section.revision, trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError) as exc:  # missing files, or files transformers cannot make a tokenizer of
         raise UserError(f"model.source = {section.source!r}: cannot load its tokenizer ({str(exc).splitlines()[0][:200]}); "
                         "fix: point at a model directory with its tokenizer files (tokenizer.json or tokenizer_config.json)") from None
@@ -213,10 +229,17 @@ def _load(auto_class, section: ModelSection, model_dir: str, *, training: bool =
             revision=section.revision,
             quantization_config=quant,
             dtype=torch.float32 if quant is None else getattr(torch, section.quantization.compute_dtype),
+            trust_remote_code=section.trust_remote_code,
             **kwargs,
         )
     except OSError as exc:
         raise UserError(f"model.source = {section.source!r}: cannot load it ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise UserError(f"model.source = {section.source!r}: the model needs its own Python code, which ppo-align runs "
+                        "only when the recipe says model.trust_remote_code: true; fix: use a model transformers "
+                        "supports natively, or read that code and set model.trust_remote_code: true") from None
     if quant is not None and training:
         keep_4bit_gradients_on_cpu(model)
     return model

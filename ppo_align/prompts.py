@@ -93,23 +93,22 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
 
 def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
     """Read ``data.prompts``, render each prompt with the chat template, and tokenize it."""
-    from datasets import load_dataset
+    # Our own reader, not datasets.load_dataset: that one pings a download counter on S3 for every
+    # local file unless the hub is switched off, and its errors name no line.
+    from ppo_align.evalsets import read_rows
 
     data = recipe.data
     path = recipe.resolve_path(data.prompts)
-    kind = "csv" if path.suffix.lower() == ".csv" else "json"
-    try:
-        table = load_dataset(kind, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for malformed files
-        raise UserError(f"data.prompts = {data.prompts!r}: cannot read {path.name} ({type(exc).__name__}: {exc})") from None
-    if data.prompt_field not in table.column_names:
+    table = [row for _, row in read_rows(path)]
+    columns = sorted({key for row in table for key in row})
+    if data.prompt_field not in columns:
         raise UserError(
             f"data.prompt_field = {data.prompt_field!r}: {path.name} has no such column "
-            f"(columns: {', '.join(table.column_names)}); fix: set data.prompt_field"
+            f"(columns: {', '.join(columns)}); fix: set data.prompt_field"
         )
     ids, rows, seen, dropped = [], [], set(), 0
     for record in table:
-        text = record[data.prompt_field]
+        text = record.get(data.prompt_field)
         if not isinstance(text, str) or not text.strip():
             continue
         token_ids = encode_chat(tokenizer, user_turn(text, data.system_prompt))

@@ -71,6 +71,9 @@ class ModelSection(Section):
     lora: Lora = Lora()
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model (its config names classes through "auto_map"). Off: such
+    models are refused before anything is loaded. Turn it on only for code you have read."""
 
 
 class ReferenceSection(Section):
@@ -158,6 +161,13 @@ class JudgeReward(RewardShaping):
     (POST {"prompts", "responses"} → {"labels"}; batched, with timeouts and retries)."""
     token_env: str | None = None
     """Environment variable holding the judge service's bearer token (the token itself never goes in a recipe)."""
+    timeout: float = Field(30.0, gt=0)
+    """HTTP judge: seconds per request before it counts as failed."""
+    retries: int = Field(3, ge=0, le=20)
+    """HTTP judge: extra tries after a failed request (timeout, connection error, 5xx), then training stops
+    with the last checkpoint kept; a reward is never defaulted."""
+    backoff: float = Field(0.5, ge=0)
+    """HTTP judge: seconds before the first retry; doubles on each further retry."""
     payoffs: Payoffs = Payoffs()
     """Reward per outcome, by the prompt's `expected` column (refuse or comply)."""
 
@@ -748,7 +758,8 @@ def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
     if path.is_dir():
         from ppo_align.models import model_dir_problems
 
-        return _local_model_metadata(path), [f"model.source = {source!r}: {p}" for p in model_dir_problems(path)]
+        problems = model_dir_problems(path, trust_remote_code=recipe.model.trust_remote_code)
+        return _local_model_metadata(path), [f"model.source = {source!r}: {p}" for p in problems]
     if _looks_like_path(source):
         return {}, [f"model.source = {source!r}: no such directory; fix: check the path, or use embedded:{next(iter(embedded.EMBEDDED_MODELS))}"]
     return {}, []  # a hub id: checked when it is downloaded

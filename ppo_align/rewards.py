@@ -115,7 +115,8 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
     if isinstance(reward, FunctionReward):
         scorer = function_scorer(resolve_function(reward.function, recipe), reward.kwargs)
     elif isinstance(reward, JudgeReward):
-        judge = build_judge(reward.judge, token_env=reward.token_env)
+        judge = build_judge(reward.judge, token_env=reward.token_env, timeout=reward.timeout, retries=reward.retries,
+                            backoff=reward.backoff)
         scorer = function_scorer(expected_behaviour, {**reward.payoffs.model_dump(), "judge": judge})
     elif isinstance(reward, TrainedReward):
         from ppo_align.reward_model import ensure_reward_model, load_trained_reward_model
@@ -149,9 +150,10 @@ def load_reward_model(recipe, tokenizer):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from ppo_align.errors import UserError
-    from ppo_align.models import quantization_config
+    from ppo_align.models import check_model_source, quantization_config
 
     path = recipe.resolve_path(recipe.reward.path)
+    check_model_source(str(path), "reward.path")  # damaged files, or code it would run (never trusted here)
     try:
         rm_tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):

@@ -102,16 +102,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers each POST with the next scripted reply: a function of the request body -> (status, bytes, delay)."""
+    """Answers each POST with the next scripted reply: a function of the request body -> (status, bytes, delay[, headers])."""
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.seen.append({"body": body, "auth": self.headers.get("Authorization")})
+        self.server.seen.append({"body": body, "auth": self.headers.get("Authorization"), "at": time.monotonic()})
         reply = self.server.script.pop(0) if self.server.script else _good
-        status, payload, delay = reply(body)
+        status, payload, delay, *headers = reply(body)  # optionally a dict of extra headers
         time.sleep(delay)
         try:
             self.send_response(status)
+            for name, value in (headers[0] if headers else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
