@@ -11,11 +11,10 @@ shared machine are noise; the ratio measured in one run is not).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
+
+from bench_common import machine, write_result
 
 from ppo_align import inference, models
 from ppo_align.evalsets import load_evalset
@@ -76,7 +75,7 @@ def main() -> None:
     result = {
         "benchmark": "eval_throughput",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": __import__("os").cpu_count()},
+        "machine": machine(),
         "model": args.model, "load_in_4bit": not args.full_precision, "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "repeats": args.repeats,
         "harness_s": harness_times, "naive_s": naive_times,
@@ -84,8 +83,7 @@ def main() -> None:
         "ratio": naive_s / harness_s, "identical_outputs": same,
         "tokens_generated": {"harness": sum(len(b.response_ids) for b in batched), "naive": sum(len(n) for n in looped)},
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    write_result(args.output, result)
     print(f"harness {result['harness_prompts_per_s']:.2f} prompts/s, naive loop {result['naive_prompts_per_s']:.2f} prompts/s: "
           f"{result['ratio']:.1f}x (target >= 8x); identical greedy outputs {same}/{len(prompts)}")
 
