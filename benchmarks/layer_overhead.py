@@ -92,7 +92,7 @@ def main() -> None:
 
     # The recipe's PPO stage alone: no warm start, audit or monitor (stages around PPO, not per-update cost).
     recipe = load_recipe(args.recipe, [
-        "warm_start=null", "monitor.holdout=0", "audit.enabled=false",
+        "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}", "audit.enabled=false",
         f"ppo.per_device_train_batch_size={args.batch}", "ppo.gradient_accumulation_steps=1", "ppo.num_mini_batches=1",
         f"ppo.local_rollout_forward_batch_size={args.batch}", f"ppo.response_length={args.response_length}",
         f"ppo.total_episodes={args.updates * args.batch}", f"ppo.save_steps={args.updates}",

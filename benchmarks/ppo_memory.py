@@ -1,0 +1,167 @@
+"""PPO memory and checkpoint size: ppo-align's stage vs the same PPO built the way TRL's PPO example does.
+
+ppo-align: one 4-bit base shared by the policy (LoRA) and its reference (the adapter disabled), a 4-bit
+LoRA value model, the reward as a function. TRL's example: a full-precision policy, a separate
+full-precision reference, value model and reward model (a sequence classifier). Same PPOConfig
+(`ppo_align.ppo.build_config` from the recipe), same prompts, same number of updates; each side runs
+in its own process and reports its peak resident memory (ru_maxrss), its memory after imports and
+after loading the models (where the rest goes), and the size of the checkpoint it writes (TRL's own
+checkpoint: policy weights, optimizer, scheduler, RNG; it does not save the value model).
+
+    python benchmarks/ppo_memory.py [--updates 2]                 # the default recipe's model
+    python benchmarks/ppo_memory.py --random-init 1b --updates 1  # a randomly initialised ~1B model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import machine, write_result
+
+GiB = 1024**3
+# Llama shapes with the embedded model's tokenizer; weights are random (memory does not depend on them).
+RANDOM_SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
+    "360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5),
+}
+
+
+def rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / GiB
+    return float("nan")
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
+
+
+def dir_gib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GiB
+
+
+def random_model(shape: str, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ppo_align import models
+    from ppo_align.recipe import ModelSection
+
+    source = models.resolve_model_dir(ModelSection().source)
+    tokenizer = models.load_tokenizer(ModelSection(), source)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, **RANDOM_SHAPES[shape])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def side(name: str, model: str, updates: int, out: Path) -> dict:
+    """One side, in this process; returns its memory figures."""
+    after_imports = rss_gib()
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+    from transformers.trainer_utils import IntervalStrategy
+
+    from ppo_align import load_recipe, models
+    from ppo_align.ppo import PPORun, PPOTrainer, build_config
+    from ppo_align.prompts import load_prompts
+    from ppo_align.rewards import build_scorer
+
+    recipe = load_recipe("smollm2-refusal-boundary", [
+        f"model.source={model}", "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}", "audit.enabled=false",
+        f"ppo.total_episodes={updates * 32}", f"ppo.save_steps={updates}",
+    ], check_resources=False)
+    model_dir = models.resolve_model_dir(recipe.model.source)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    prompts = load_prompts(recipe, tokenizer)
+    set_seed(recipe.ppo.seed)
+    after_imports = max(after_imports, rss_gib())
+    started = time.perf_counter()
+    if name == "ppo-align":
+        scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=False)
+        policy = models.load_policy(recipe.model, model_dir, tokenizer)
+        value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
+        after_load = rss_gib()
+        PPORun(recipe, out, tokenizer, policy, value, scorer, prompts).train()
+        checkpoint = out / f"checkpoint-{updates}"
+    else:
+        def classifier():
+            m = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+            m.config.pad_token_id = tokenizer.pad_token_id
+            return m
+
+        policy = AutoModelForCausalLM.from_pretrained(model_dir)
+        ref = AutoModelForCausalLM.from_pretrained(model_dir)
+        value, reward = classifier(), classifier()
+        after_load = rss_gib()
+        args = build_config(recipe, out)
+        args.bf16 = False
+        args.save_strategy, args.save_steps = IntervalStrategy.STEPS, updates
+        PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                   value_model=value, train_dataset=prompts.dataset()).train()
+        checkpoint = out / f"checkpoint-{updates}"
+    return {"side": name, "after_imports_gib": after_imports, "after_models_loaded_gib": after_load,
+            "peak_gib": peak_gib(), "seconds": time.perf_counter() - started,
+            "checkpoint_gib": dir_gib(checkpoint) if checkpoint.exists() else None,
+            "checkpoint_files": sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file())
+            if checkpoint.exists() else []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--random-init", choices=sorted(RANDOM_SHAPES), help="a randomly initialised model of this size")
+    parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--memory-limit-gib", type=float, default=20.0,
+                        help="address-space limit of each side's process: a side that needs more fails instead of swapping")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    if args.side:  # a child process: one side
+        print("RESULT " + json.dumps(side(args.side, args.model, args.updates, Path(args.out))))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="ppo-align-bench-"))
+    model = str(random_model(args.random_init, work / f"random-{args.random_init}")) if args.random_init else args.model
+    results = {}
+    for name in ("ppo-align", "trl-example"):
+        limit = int(args.memory_limit_gib * GiB)
+        child = subprocess.run(
+            [sys.executable, __file__, "--side", name, "--model", model, "--updates", str(args.updates),
+             "--out", str(work / name)],
+            capture_output=True, text=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        results[name] = json.loads(lines[-1][7:]) if lines else {
+            "side": name, "failed": child.returncode, "error": (child.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        print(json.dumps(results[name]))
+    ours, theirs = results["ppo-align"], results["trl-example"]
+    ratio = ours["peak_gib"] / theirs["peak_gib"] if "peak_gib" in ours and "peak_gib" in theirs else None
+    size_ratio = (ours["checkpoint_gib"] / theirs["checkpoint_gib"]
+                  if ours.get("checkpoint_gib") and theirs.get("checkpoint_gib") else None)
+    result = {"benchmark": "ppo_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "model": args.random_init and f"random-init {args.random_init}" or args.model, "updates": args.updates,
+              "memory_limit_gib": args.memory_limit_gib, "sides": results,
+              "peak_ratio": ratio, "checkpoint_size_ratio": size_ratio}
+    output = args.output or f"benchmarks/results/ppo_memory{'-' + args.random_init if args.random_init else ''}.json"
+    write_result(output, result)
+    print(f"peak RSS: ppo-align {ours.get('peak_gib', float('nan')):.2f} GiB, TRL example "
+          f"{theirs.get('peak_gib', float('nan')):.2f} GiB: ratio {ratio if ratio is None else round(ratio, 2)}; "
+          f"checkpoint size ratio {size_ratio if size_ratio is None else round(size_ratio, 3)}")
+
+
+if __name__ == "__main__":
+    main()
