@@ -111,7 +111,12 @@ def side(name: str, model: str, updates: int, out: Path) -> dict:
         PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
                    value_model=value, train_dataset=prompts.dataset()).train()
         checkpoint = out / f"checkpoint-{updates}"
-    return {"side": name, "after_imports_gib": after_imports, "after_models_loaded_gib": after_load,
+    estimate = None
+    if name == "ppo-align":
+        from ppo_align.planning import plan_memory
+
+        estimate = plan_memory(recipe, device="cpu").total / GiB  # `ppo-align plan`'s figure, for its error
+    return {"side": name, "plan_estimate_gib": estimate, "after_imports_gib": after_imports, "after_models_loaded_gib": after_load,
             "peak_gib": peak_gib(), "seconds": time.perf_counter() - started,
             "checkpoint_gib": dir_gib(checkpoint) if checkpoint.exists() else None,
             "checkpoint_files": sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file())
@@ -155,7 +160,8 @@ def main() -> None:
     result = {"benchmark": "ppo_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.random_init and f"random-init {args.random_init}" or args.model, "updates": args.updates,
               "memory_limit_gib": args.memory_limit_gib, "sides": results,
-              "peak_ratio": ratio, "checkpoint_size_ratio": size_ratio}
+              "peak_ratio": ratio, "checkpoint_size_ratio": size_ratio,
+              "plan_error": (ours["plan_estimate_gib"] / ours["peak_gib"] - 1) if ours.get("plan_estimate_gib") else None}
     output = args.output or f"benchmarks/results/ppo_memory{'-' + args.random_init if args.random_init else ''}.json"
     write_result(output, result)
     print(f"peak RSS: ppo-align {ours.get('peak_gib', float('nan')):.2f} GiB, TRL example "

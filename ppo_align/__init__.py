@@ -36,6 +36,7 @@ __all__ = [
     "shipped_recipes",
     "evaluate",
     "load_results",
+    "plan",
     "report",
     "train",
 ]
@@ -70,3 +71,10 @@ def report(runs, **options):
     from ppo_align.reporting import build_report
 
     return build_report(list(runs) if isinstance(runs, (list, tuple)) else [runs], **options)
+
+
+def plan(recipe, **options):
+    """Estimate a recipe's PPO memory and whether it fits; see :func:`ppo_align.planning.plan_memory`."""
+    from ppo_align.planning import plan_memory
+
+    return plan_memory(recipe, **options)

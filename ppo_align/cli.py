@@ -149,6 +149,45 @@ def train(
                                                       if result.best else ""))
 
 
+@app.command("plan")
+def plan_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[List[str]] = SetOption,
+    memory: Optional[str] = typer.Option(None, "--memory", metavar="SIZE", help="Memory it must fit, e.g. 24GiB (default: this machine's GPU memory, else its RAM)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when a GPU is present)."),
+) -> None:
+    """Estimate the PPO stage's peak memory from the model config alone, and whether it fits.
+
+    Prints each component (4-bit bases, LoRA with its optimizer state, activations of the larger of the
+    rollout and optimisation peaks, runtime) and a verdict. Nothing is loaded but the model's config.
+    Exit code 1 when it does not fit. On CPU the estimate has run about a third below the measured
+    peak (see benchmarks/ppo_memory.py): keep that margin.
+
+    Example: `ppo-align plan smollm2-refusal-boundary --memory 8GiB --set ppo.per_device_train_batch_size=8`.
+    """
+    from ppo_align.planning import GiB, parse_memory, plan_memory
+    from ppo_align.recipe import load_recipe
+
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device {device!r}: unknown; fix: use cpu or cuda")
+    loaded = load_recipe(recipe, overrides, check_resources=False)
+    plan = plan_memory(loaded, available=parse_memory(memory) if memory else None, device=device)
+    table = Table("component", "GiB", "what", box=None)
+    for c in plan.components:
+        table.add_row(c.name, f"{c.bytes / GiB:.2f}", c.note)
+    table.add_row("[bold]total[/bold]", f"[bold]{plan.total / GiB:.2f}[/bold]", f"estimated peak on {plan.device}")
+    out.print(table)
+    if plan.fits is None:
+        out.print("could not tell how much memory this device has; pass --memory SIZE")
+    elif plan.fits:
+        out.print(f"[green]fits[/green] in {plan.available / GiB:.1f} GiB ({plan.total / plan.available:.0%} of it)")
+    else:
+        out.print(f"[red]does not fit[/red] in {plan.available / GiB:.1f} GiB; to fit, lower ppo.per_device_train_batch_size "
+                  "or ppo.local_rollout_forward_batch_size, shorten data.max_prompt_length, or set "
+                  "model.gradient_checkpointing: true")
+        raise typer.Exit(1)
+
+
 @app.command("audit-reward")
 def audit_reward_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),

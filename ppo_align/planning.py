@@ -1,0 +1,202 @@
+"""`ppo-align plan`: how much memory a recipe's PPO stage needs, from the model config alone.
+
+The estimate is first-principles arithmetic, not a fit to measurements: weights (4-bit linear
+layers at half a byte per parameter plus one fp32 scale per 64-value block, everything else in the
+compute dtype), LoRA adapters with their gradients and AdamW moments, and the larger of the two
+activation peaks of a PPO update:
+
+* rollout: the KV cache of a generation batch and the full-vocabulary logits of the reference pass
+  over ``local_rollout_forward_batch_size`` sequences;
+* optimisation: one micro-batch (``per_device_train_batch_size`` sequences) through the policy and
+  the value model with autograd — the tensors each decoder layer keeps for backward, plus the
+  policy's logits, log-softmax and their gradient.
+
+Sequences are counted at their longest (``data.max_prompt_length`` + ``ppo.response_length``).
+`benchmarks/ppo_memory.py` reports the estimate's error against a measured peak: on the embedded
+135M model on CPU it *under*-estimates the peak resident memory by about a third (allocator
+retention and backward-pass transients are not modelled), so keep that margin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ppo_align.errors import UserError
+from ppo_align.recipe import Lora, Recipe
+
+GiB = 1024**3
+RUNTIME_BYTES = {"cpu": int(0.6 * GiB), "cuda": int(0.8 * GiB)}
+"""The process before any model: Python, torch, transformers and TRL imported (CPU, measured 0.56 GiB), or
+the CUDA context and kernels (GPU)."""
+
+
+@dataclass
+class Component:
+    name: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """Estimated peak memory of a recipe's PPO stage, by component."""
+
+    model: str
+    components: list[Component]
+    phase: str
+    """Which activation peak is larger: "rollout" or "optimisation"."""
+    device: str
+    available: int | None = None
+    shape: dict = field(default_factory=dict)
+    rollout_bytes: int = 0
+    optimisation_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(c.bytes for c in self.components)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.available is None else self.total <= self.available
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "phase": self.phase, "total_gib": self.total / GiB,
+                "available_gib": None if self.available is None else self.available / GiB, "fits": self.fits,
+                "components": [{"name": c.name, "gib": c.bytes / GiB, "note": c.note} for c in self.components],
+                "shape": self.shape}
+
+
+def parse_memory(text: str) -> int:
+    """``"24GiB"``, ``"24 GB"``, ``"80g"`` or ``"512MiB"`` in bytes (GB and GiB both read as powers of 1024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--memory {text!r}: not an amount of memory; fix: write e.g. 24GiB or 512MiB")
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index(match.group(2) or "b"))
+
+
+def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | None = None) -> MemoryPlan:
+    """Estimate the PPO stage's peak memory for ``recipe`` and whether it fits ``available`` bytes.
+
+    Args:
+        recipe: a loaded recipe.
+        available: memory of the device it should fit (default: this machine's GPU memory if it has a
+            GPU, else its RAM).
+        device: "cpu" or "cuda" (default: "cuda" when a GPU is present).
+    """
+    device = device or _default_device()
+    if available is None:
+        available = _device_memory(device)
+    cfg = _config(recipe.model.source)
+    m, p = recipe.model, recipe.ppo
+    h, layers, inter, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or h // heads
+    kv = cfg.get("num_key_value_heads") or heads
+    act = {"float32": 4, "bfloat16": 2, "float16": 2}[m.quantization.compute_dtype]
+    linears = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
+               "o_proj": (heads * head_dim, h), "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    linear_params = layers * sum(i * o for i, o in linears.values())
+    other_params = vocab * h * (1 if cfg.get("tie_word_embeddings", True) else 2) + (2 * layers + 1) * h
+
+    def base(in_4bit: bool) -> int:
+        if not in_4bit:
+            return (linear_params + other_params) * act
+        scales = 4 / 64 if not m.quantization.double_quant else 1 / 64 + 4 / (64 * 256)
+        return int(linear_params * (0.5 + scales)) + other_params * act
+
+    def lora_params(lora: Lora) -> int:
+        targets = linears if "all-linear" in lora.target_modules else {
+            k: v for k, v in linears.items() if k in lora.target_modules}
+        return layers * sum(lora.r * (i + o) for i, o in targets.values())
+
+    policy_lora, value_lora = lora_params(m.lora), lora_params(recipe.value.lora or m.lora) + h
+    trainable = policy_lora + value_lora
+    components = [
+        Component("policy base", base(m.quantization.load_in_4bit),
+                  "4-bit linear layers + embeddings" if m.quantization.load_in_4bit else "full precision"),
+        Component("value base", base(m.quantization.load_in_4bit), "a second copy of the base, with a scalar head"),
+        Component("LoRA weights, gradients, AdamW moments", trainable * (4 + 4 + 8),
+                  f"{trainable / 1e6:.1f}M trainable parameters (policy + value)"),
+    ]
+    if recipe.warm_start is not None:
+        components.append(Component("reference adapter", policy_lora * 4, "the frozen warm-start adapter"))
+    if recipe.reward.source == "trained":
+        components.append(Component("reward model", base(m.quantization.load_in_4bit) + lora_params(m.lora) * 4,
+                                    "the base again + its LoRA and head"))
+    elif recipe.reward.source == "model":
+        rm = _config(str(recipe.resolve_path(recipe.reward.path)))
+        rm_params = rm["vocab_size"] * rm["hidden_size"] + rm["num_hidden_layers"] * 12 * rm["hidden_size"] ** 2
+        components.append(Component("reward model", int(rm_params * (0.56 if recipe.reward.load_in_4bit else act)),
+                                    "approximate: 12·hidden² per layer"))
+
+    seq = recipe.data.max_prompt_length + p.response_length
+    rollout_b = p.local_rollout_forward_batch_size
+    rollout = (2 * layers * rollout_b * kv * head_dim * seq * act            # generation KV cache
+               + rollout_b * p.response_length * vocab * 4                     # generation scores TRL keeps
+               + 2 * rollout_b * seq * vocab * act)                            # reference logits + their log-softmax
+    micro = p.per_device_train_batch_size
+    tokens = micro * seq
+    # Per token and layer, what autograd keeps: norm inputs and outputs, q/k/v/o inputs and outputs, the
+    # attention probabilities (one row per head), the MLP's gate, up, activation and product;
+    # gradient checkpointing keeps only each layer's input.
+    per_token_layer = (h if m.gradient_checkpointing else
+                       6 * h + 2 * kv * head_dim + heads * head_dim + heads * seq + 4 * inter)
+    saved = 2 * layers * tokens * per_token_layer * act                        # policy and value model
+    # The policy's full logits, and over the response: log-softmax, softmax and softmax·logits (entropy),
+    # and the logits' gradient.
+    logits = micro * seq * vocab * act + 4 * micro * p.response_length * vocab * 4
+    optimisation = saved + logits
+    phase = "rollout" if rollout > optimisation else "optimisation"
+    components += [
+        Component("activations", max(rollout, optimisation),
+                  f"{phase} peak (rollout {rollout / GiB:.2f} GiB, optimisation {optimisation / GiB:.2f} GiB) "
+                  f"at {seq} tokens per sequence"),
+        Component("runtime", RUNTIME_BYTES[device], "libraries and framework before any model"),
+    ]
+    shape = {"hidden_size": h, "layers": layers, "intermediate_size": inter, "vocab_size": vocab, "heads": heads,
+             "kv_heads": kv, "parameters": linear_params + other_params, "sequence_tokens": seq,
+             "rollout_batch": rollout_b, "micro_batch": micro}
+    return MemoryPlan(recipe.model.source, components, phase, device, available, shape, rollout, optimisation)
+
+
+def _config(source: str) -> dict:
+    from ppo_align import embedded
+
+    if embedded.is_embedded_source(source):
+        path = Path(embedded.ensure_embedded_model(source))
+    else:
+        path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            return json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"model.source = {source!r}: cannot read config.json ({exc}); fix: point at a model directory") from None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(source).to_dict()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.source = {source!r}: cannot get its config ({str(exc).splitlines()[0][:120]}); "
+                        "fix: check the id, or download the model and point at its directory") from None
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_memory(device: str) -> int | None:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,63 @@
+"""`ppo-align plan`: memory per component from the model config, and whether it fits."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ppo_align import load_recipe, plan
+from ppo_align.errors import UserError
+from ppo_align.planning import GiB, parse_memory
+
+
+def _by_name(memory_plan):
+    return {c.name: c.bytes for c in memory_plan.components}
+
+
+def test_components_follow_the_recipe(tiny_recipe):
+    base = plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu")
+    parts = _by_name(base)
+    assert base.shape["layers"] == 2 and base.shape["hidden_size"] == 64
+    assert base.total == sum(parts.values()) and base.fits
+    # The tiny model's 4-bit linear layers: 2 layers x (4 attention + 3 MLP projections) at ~0.56 byte/param.
+    assert parts["policy base"] == parts["value base"]
+
+    tiny_recipe["ppo"]["per_device_train_batch_size"] *= 4
+    tiny_recipe["ppo"]["local_rollout_forward_batch_size"] *= 4
+    tiny_recipe["ppo"]["total_episodes"] *= 4
+    bigger = _by_name(plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu"))
+    assert bigger["activations"] > 3 * parts["activations"]
+    assert bigger["policy base"] == parts["policy base"]
+
+    tiny_recipe["model"]["quantization"] = {"load_in_4bit": False}
+    full = plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu")
+    assert _by_name(full)["policy base"] > parts["policy base"]
+
+    tiny_recipe["model"]["gradient_checkpointing"] = True
+    checkpointed = plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu")
+    assert checkpointed.optimisation_bytes < full.optimisation_bytes
+    assert checkpointed.rollout_bytes == full.rollout_bytes
+
+
+def test_the_default_recipe_fits_this_class_of_machine():
+    memory_plan = plan(load_recipe("smollm2-refusal-boundary", check_resources=False), available=24 * GiB, device="cpu")
+    assert memory_plan.fits and 2 * GiB < memory_plan.total < 24 * GiB
+
+
+@pytest.mark.parametrize("text, expected", [("24GiB", 24 * GiB), ("24 GB", 24 * GiB), ("512MiB", 512 * 1024**2),
+                                            ("80g", 80 * GiB), ("1.5GiB", int(1.5 * GiB))])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+def test_cli_verdicts(tiny_recipe, tmp_path, run_cli):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    code, out, _ = run_cli("plan", path, "--memory", "64GiB", "--device", "cpu")
+    assert code == 0 and "fits" in out and "activations" in out
+    code, out, _ = run_cli("plan", path, "--memory", "1MiB", "--device", "cpu")
+    assert code == 1 and "does not fit" in out and "gradient_checkpointing" in out
+    code, _, err = run_cli("plan", path, "--memory", "lots")
+    assert code == 2 and "--memory 'lots'" in err
+    with pytest.raises(UserError):
+        parse_memory("0GiB")
