@@ -67,7 +67,7 @@ def random_model(shape: str, out: Path) -> Path:
     return out
 
 
-def side(name: str, model: str, updates: int, out: Path) -> dict:
+def side(name: str, model: str, updates: int, out: Path, overrides: list[str]) -> dict:
     """One side, in this process; returns its memory figures."""
     after_imports = rss_gib()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
@@ -78,10 +78,11 @@ def side(name: str, model: str, updates: int, out: Path) -> dict:
     from ppo_align.prompts import load_prompts
     from ppo_align.rewards import build_scorer
 
-    recipe = load_recipe("smollm2-refusal-boundary", [
-        f"model.source={model}", "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}", "audit.enabled=false",
-        f"ppo.total_episodes={updates * 32}", f"ppo.save_steps={updates}",
-    ], check_resources=False)
+    settings = [f"model.source={model}", "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}",
+                "audit.enabled=false", f"ppo.save_steps={updates}", *overrides]
+    batch = load_recipe("smollm2-refusal-boundary", settings, check_resources=False).rollout_batch_size
+    recipe = load_recipe("smollm2-refusal-boundary", [*settings, f"ppo.total_episodes={updates * batch}"],
+                         check_resources=False)
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
@@ -130,13 +131,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--memory-limit-gib", type=float, default=20.0,
                         help="address-space limit of each side's process: a side that needs more fails instead of swapping")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for both sides, e.g. ppo.per_device_train_batch_size=4")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
     if args.side:  # a child process: one side
-        print("RESULT " + json.dumps(side(args.side, args.model, args.updates, Path(args.out))))
+        print("RESULT " + json.dumps(side(args.side, args.model, args.updates, Path(args.out), args.overrides)))
         return
 
     work = Path(tempfile.mkdtemp(prefix="ppo-align-bench-"))
@@ -146,7 +149,7 @@ def main() -> None:
         limit = int(args.memory_limit_gib * GiB)
         child = subprocess.run(
             [sys.executable, __file__, "--side", name, "--model", model, "--updates", str(args.updates),
-             "--out", str(work / name)],
+             "--out", str(work / name), *(f"--set={o}" for o in args.overrides)],
             capture_output=True, text=True,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
@@ -159,6 +162,7 @@ def main() -> None:
                   if ours.get("checkpoint_gib") and theirs.get("checkpoint_gib") else None)
     result = {"benchmark": "ppo_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.random_init and f"random-init {args.random_init}" or args.model, "updates": args.updates,
+              "overrides": args.overrides,
               "memory_limit_gib": args.memory_limit_gib, "sides": results,
               "peak_ratio": ratio, "checkpoint_size_ratio": size_ratio,
               "plan_error": (ours["plan_estimate_gib"] / ours["peak_gib"] - 1) if ours.get("plan_estimate_gib") else None}
