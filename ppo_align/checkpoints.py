@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -76,7 +75,8 @@ def best(run_dir: Path) -> Checkpoint | None:
     return None
 
 
-def write_checkpoint(run_dir: Path, step: int, progress: dict, write: Callable[[Path], None]) -> Checkpoint:
+def write_checkpoint(run_dir: Path, step: int, progress: dict, write: Callable[[Path], None], *,
+                     main: bool = True, barrier: Callable[[], None] = lambda: None) -> Checkpoint:
     """Write a checkpoint atomically.
 
     Args:
@@ -84,21 +84,30 @@ def write_checkpoint(run_dir: Path, step: int, progress: dict, write: Callable[[
         step: the PPO update the checkpoint follows.
         progress: counters saved as progress.json (step is added).
         write: fills a directory with the policy, value and state parts.
+        main, barrier: with several processes, every one calls this with its ``write``; the main process
+            prepares and publishes the directory, and ``barrier`` waits for all of them in between.
     """
-    for stale in run_dir.glob(".tmp-checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=run_dir))
+    tmp = run_dir / f".tmp-checkpoint-{step}"  # one name every process can find
+    final = checkpoint_path(run_dir, step)
+    if main:
+        for stale in run_dir.glob(".tmp-checkpoint-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
     try:
         write(tmp)
-        (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}, indent=2))
-        _fsync_tree(tmp)
-        (tmp / COMPLETE).write_text("")
-        final = checkpoint_path(run_dir, step)
-        if final.exists():  # an older save of the same step (e.g. a resumed run re-saving): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        barrier()
+        if main:
+            (tmp / PROGRESS).write_text(json.dumps({"step": step, **progress}, indent=2))
+            _fsync_tree(tmp)
+            (tmp / COMPLETE).write_text("")
+            if final.exists():  # an older save of the same step (e.g. a resumed run re-saving): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
     return Checkpoint(final, step)
 
 

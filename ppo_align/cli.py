@@ -123,6 +123,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (through accelerate launch; GPUs if present, else CPU)."),
 ) -> None:
     """Train: warm start and reward model (if the recipe has them), reward audit, then PPO.
 
@@ -141,12 +142,38 @@ def train(
 
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
+    if num_processes > 1:
+        _relaunch_with_accelerate(num_processes)
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
     if result.stopped_by:
         out.print(f"[yellow]{result.stopped_by}[/yellow]")
     out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
                                                       if result.best else ""))
+
+
+def _relaunch_with_accelerate(num_processes: int) -> None:
+    """Run this same command again in ``num_processes`` processes (accelerate launch on GPUs, torchrun on CPU),
+    and exit with its code."""
+    import os
+    import subprocess
+
+    import torch
+
+    args = [a for a in sys.argv[1:] if not a.startswith("--num-processes")]
+    if "--num-processes" in sys.argv[1:]:  # "--num-processes N" as two words: drop the value too
+        at = sys.argv[1:].index("--num-processes")
+        args = sys.argv[1:][:at] + sys.argv[1:][at + 2:]
+    env = dict(os.environ)
+    if torch.cuda.is_available() and torch.cuda.device_count() >= num_processes:
+        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        # accelerate's own launcher needs MPI for several CPU processes; torchrun (which it wraps for GPUs)
+        # starts them directly, and accelerate then joins them with the gloo backend.
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes)]
+        env["ACCELERATE_USE_CPU"] = "true"
+    raise typer.Exit(subprocess.run([sys.executable, *launcher, "-m", "ppo_align.cli", *args], env=env).returncode)
 
 
 @app.command("plan")

@@ -99,13 +99,16 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     linears = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
                "o_proj": (heads * head_dim, h), "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
     linear_params = layers * sum(i * o for i, o in linears.values())
-    other_params = vocab * h * (1 if cfg.get("tie_word_embeddings", True) else 2) + (2 * layers + 1) * h
+    lm_head = 0 if cfg.get("tie_word_embeddings", True) else vocab * h  # not quantized, like the embeddings
+    other_params = vocab * h + (2 * layers + 1) * h
 
-    def base(in_4bit: bool) -> int:
+    def base(in_4bit: bool, with_lm_head: bool = True) -> int:
+        """A loaded base model; the value and reward models replace the LM head by a scalar head."""
+        rest = (other_params + (lm_head if with_lm_head else 0)) * act
         if not in_4bit:
-            return (linear_params + other_params) * act
+            return linear_params * act + rest
         scales = 4 / 64 if not m.quantization.double_quant else 1 / 64 + 4 / (64 * 256)
-        return int(linear_params * (0.5 + scales)) + other_params * act
+        return int(linear_params * (0.5 + scales)) + rest
 
     def lora_params(lora: Lora) -> int:
         targets = linears if "all-linear" in lora.target_modules else {
@@ -117,14 +120,15 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     components = [
         Component("policy base", base(m.quantization.load_in_4bit),
                   "4-bit linear layers + embeddings" if m.quantization.load_in_4bit else "full precision"),
-        Component("value base", base(m.quantization.load_in_4bit), "a second copy of the base, with a scalar head"),
+        Component("value base", base(m.quantization.load_in_4bit, with_lm_head=False),
+                  "a second copy of the base, with a scalar head"),
         Component("LoRA weights, gradients, AdamW moments", trainable * (4 + 4 + 8),
                   f"{trainable / 1e6:.1f}M trainable parameters (policy + value)"),
     ]
     if recipe.warm_start is not None:
         components.append(Component("reference adapter", policy_lora * 4, "the frozen warm-start adapter"))
     if recipe.reward.source == "trained":
-        components.append(Component("reward model", base(m.quantization.load_in_4bit) + lora_params(m.lora) * 4,
+        components.append(Component("reward model", base(m.quantization.load_in_4bit, with_lm_head=False) + lora_params(m.lora) * 4,
                                     "the base again + its LoRA and head"))
     elif recipe.reward.source == "model":
         rm = _config(str(recipe.resolve_path(recipe.reward.path)))
@@ -157,7 +161,7 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
         Component("runtime", RUNTIME_BYTES[device], "libraries and framework before any model"),
     ]
     shape = {"hidden_size": h, "layers": layers, "intermediate_size": inter, "vocab_size": vocab, "heads": heads,
-             "kv_heads": kv, "parameters": linear_params + other_params, "sequence_tokens": seq,
+             "kv_heads": kv, "parameters": linear_params + other_params + lm_head, "sequence_tokens": seq,
              "rollout_batch": rollout_b, "micro_batch": micro}
     return MemoryPlan(recipe.model.source, components, phase, device, available, shape, rollout, optimisation)
 

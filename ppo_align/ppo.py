@@ -13,7 +13,10 @@ the policy. We add, without copying its loop:
 * metrics.jsonl / samples.jsonl, a progress bar, and guards (non-finite
   values, KL budget, updates that change nothing);
 * Ctrl-C / SIGTERM: the update in progress finishes and is saved, then the run
-  stops (a second Ctrl-C stops at once; atomic saves keep the last checkpoint).
+  stops (a second Ctrl-C stops at once; atomic saves keep the last checkpoint);
+* several processes (``accelerate launch``): every process trains and saves its
+  own RNG state, only the main one writes logs and adapters, and all agree on
+  when to stop.
 """
 
 from __future__ import annotations
@@ -246,6 +249,7 @@ class RunCallback(TrainerCallback):
                         "(on CPU, see models.keep_4bit_gradients_on_cpu)", state.global_step)
         self.fingerprint = fingerprint
         due = state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
+        self.agree_on_stop()
         if due or self.stop_signal is not None:
             check = run.check_behaviour(state.global_step) if due else None
             ckpt = run.save(state, check)
@@ -255,6 +259,13 @@ class RunCallback(TrainerCallback):
             if check is not None and check.floor_broken and run.recipe.monitor.stop_below_floor:
                 raise StopRule(f"stopped by monitor rule at PPO update {state.global_step}: {'; '.join(check.violations)}")
         self.step_started = time.perf_counter()
+
+    def agree_on_stop(self) -> None:
+        """With several processes, a signal that reached any of them stops all of them after the same update."""
+        accelerator = self.run.trainer.accelerator
+        if accelerator.num_processes > 1:
+            signals = accelerator.gather(torch.tensor([self.stop_signal or 0], device=accelerator.device))
+            self.stop_signal = int(signals.max()) or None
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -292,6 +303,11 @@ class PPORun:
         )
         for noisy in (PrinterCallback, ProgressCallback):
             self.trainer.remove_callback(noisy)
+        if isinstance(self.trainer.model, nn.parallel.DistributedDataParallel):
+            # TRL 1.12 reads `.policy` off the wrapped model for its reference passes, where under DDP it is
+            # an attribute of the inner module. Expose it without registering a submodule: DDP's parameter
+            # set is fixed when it wraps the model.
+            object.__setattr__(self.trainer.model, "policy", self.unwrapped.policy)
         accelerator = self.trainer.accelerator
         # Replace TRL's shuffled loader (same batch size, collator and drop_last) with a resumable order.
         self.sampler = GroupedSampler(len(prompts.input_ids), recipe.ppo.samples_per_prompt, recipe.ppo.seed)
@@ -324,10 +340,16 @@ class PPORun:
         with torch.no_grad():
             return float(sum(p.double().abs().sum() for p in self.unwrapped.policy.parameters() if p.requires_grad))
 
+    @property
+    def is_main(self) -> bool:
+        return self.trainer.accelerator.is_main_process
+
     def progress_bar(self, total: int, done: int):
-        return self._progress_factory(total, done) if self._progress_factory else None
+        return self._progress_factory(total, done) if self._progress_factory and self.is_main else None
 
     def append_jsonl(self, name: str, record: dict) -> None:
+        if not self.is_main:
+            return
         with (self.run_dir / name).open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -348,20 +370,25 @@ class PPORun:
         return check
 
     def save(self, state, check: Check | None = None) -> checkpoints.Checkpoint:
+        accelerator = self.trainer.accelerator
+
         def write(directory: Path) -> None:
-            # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
-            self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
-            self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
-            self.trainer.accelerator.save_state(str(directory / checkpoints.STATE_DIR))
-            (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
+            if self.is_main:  # the adapters are the same in every process
+                # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
+                self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
+                self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
+            accelerator.save_state(str(directory / checkpoints.STATE_DIR))  # every process: its own RNG state
+            if self.is_main:
+                (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
 
         ckpt = checkpoints.write_checkpoint(
             self.run_dir, state.global_step,
             {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size,
-             "monitor": check.to_dict() if check else None},
-            write,
+             "processes": accelerator.num_processes, "monitor": check.to_dict() if check else None},
+            write, main=self.is_main, barrier=accelerator.wait_for_everyone,
         )
-        checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
+        if self.is_main:
+            checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
         return ckpt
 
     def load(self, ckpt: checkpoints.Checkpoint) -> int:
@@ -396,7 +423,8 @@ class PPORun:
             log.info("nothing to do: %s already reached %d of %d updates", resume_from.path.name, done, total)
             return
         if done:
-            self.sampler.seek(done, self.trainer.local_dataloader_batch_size)
+            # Each process draws its own batch per update from the one shared order.
+            self.sampler.seek(done * self.trainer.accelerator.num_processes, self.trainer.local_dataloader_batch_size)
             self.callback.restore = {"global_step": done, "episode": done * self.trainer.args.batch_size, "max_steps": total}
             self.trainer.args.num_total_batches = total - done  # TRL loops `for update in range(1, num_total_batches + 1)`
         # TRL runs gc.collect() twice per update; with the models' many long-lived objects moved to the

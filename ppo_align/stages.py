@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ppo_align.errors import UserError
+
 log = logging.getLogger(__name__)
 
 INFO_FILE = "stage.json"
@@ -32,6 +34,12 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     if info(stage).get("key") == key:
         log.info("%s: reusing it (inputs unchanged)", stage)
         return stage
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:  # its trainer would need every process, and its files one writer
+        raise UserError(f"{stage}: not built yet (or its inputs changed), and it is built by a single process; "
+                        "fix: run `ppo-align train` on the recipe once without several processes (it builds this "
+                        "stage first; Ctrl-C once PPO starts is fine), then launch with several processes")
     tmp = stage.with_name(f".tmp-{stage.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

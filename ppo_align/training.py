@@ -60,11 +60,24 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     Returns:
         The run directory, the number of PPO updates done, and the checkpoints.
     """
+    import torch
+    from accelerate import PartialState
+
+    # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run
+    # files. Without a GPU the processes join over gloo, which accelerate only does when told it is on CPU.
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    main = processes.is_main_process
+    if not main:  # one voice in the log: the other processes only report problems
+        logging.getLogger("ppo_align").setLevel(logging.WARNING)
     run_dir = recipe.run_dir
-    start_from = _prepare_run_dir(recipe, run_dir, resume, force)
-    write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    _prepare_run_dir(recipe, run_dir, resume, force, mutate=main)
+    processes.wait_for_everyone()
+    start_from = checkpoints.latest_complete(run_dir)
     info = _run_info(recipe, start_from)
-    write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    info["processes"] = processes.num_processes
+    if main:
+        write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+        write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
 
     from transformers import set_seed
 
@@ -120,13 +133,15 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         updates = _updates_logged(run_dir) - (int(start_from.progress()["step"]) if start_from else 0)
         if updates > 0 and seconds["ppo"]:
             # Includes the monitor's checks and checkpoint writes: what a user waits for.
-            info["episodes_per_minute"] = round(updates * recipe.rollout_batch_size * 60 / seconds["ppo"], 1)
+            episodes = updates * recipe.rollout_batch_size * processes.num_processes
+            info["episodes_per_minute"] = round(episodes * 60 / seconds["ppo"], 1)
         last = checkpoints.latest_complete(run_dir)
         info["last_checkpoint"] = last.path.name if last else None
         if recipe.monitor.holdout:
             best = checkpoints.best(run_dir)
             info["best_checkpoint"] = best.path.name if best else None
-        write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+        if main:
+            write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     done = [c.path for c in checkpoints.find_checkpoints(run_dir) if c.complete]
     best = checkpoints.best(run_dir) if monitor else None
     return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
@@ -167,13 +182,16 @@ def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
         log.warning("%s", message)
 
 
-def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool) -> checkpoints.Checkpoint | None:
+def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool, *, mutate: bool = True) -> None:
+    """Check the run directory against the recipe and the resume mode; with ``mutate`` (the main process),
+    clear what a fresh start or a resume discards."""
     saved = run_dir / "recipe.yaml"
-    if resume == "fresh" and run_dir.exists():
-        for ckpt in checkpoints.find_checkpoints(run_dir):
-            shutil.rmtree(ckpt.path)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+    if resume == "fresh":
+        if mutate and run_dir.exists():
+            for ckpt in checkpoints.find_checkpoints(run_dir):
+                shutil.rmtree(ckpt.path)
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
     elif saved.exists() and not force:
         changed = _changed_keys(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
         if changed:
@@ -181,16 +199,17 @@ def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: b
                 f"{run_dir}: was made by a different recipe (changed: {', '.join(changed[:5])}); "
                 "fix: set output.name to a new run, pass --fresh to start over, or --force to continue anyway"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    latest = checkpoints.latest_complete(run_dir)
+    latest = checkpoints.latest_complete(run_dir) if resume != "fresh" else None
     if resume == "resume" and latest is None:
         raise UserError(f"{run_dir}: no complete checkpoint to resume from; fix: drop --resume to start the run")
+    if not mutate:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
     if latest is not None:
         _truncate_logs(run_dir, latest.step)
     elif resume != "fresh":
         for name in RUN_FILES:  # logs of a run that never reached a checkpoint
             (run_dir / name).unlink(missing_ok=True)
-    return latest
 
 
 def _changed_keys(old: dict, new: dict, prefix: tuple = ()) -> list[str]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from ppo_align import load_recipe, plan
 from ppo_align.errors import UserError
 from ppo_align.planning import GiB, parse_memory
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _by_name(memory_plan):
@@ -61,3 +65,16 @@ def test_cli_verdicts(tiny_recipe, tmp_path, run_cli):
     assert code == 2 and "--memory 'lots'" in err
     with pytest.raises(UserError):
         parse_memory("0GiB")
+
+
+def test_the_gpu_recipe_fits_one_24gb_gpu_by_its_config_alone():
+    """The shipped 7B recipe, planned from the model's config file (no weights): fits 24 GiB, not 12."""
+    from ppo_align.recipe import shipped_recipes
+
+    path = next(r.path for r in shipped_recipes() if r.name == "qwen2.5-7b-refusal-boundary")
+    config = str(REPO / "tests" / "model_configs" / "qwen2.5-7b-instruct")
+    recipe = load_recipe(path, [f"model.source={config}"], check_resources=False)
+    on_24 = plan(recipe, available=24 * GiB, device="cuda")
+    assert 7.5e9 < on_24.shape["parameters"] < 7.7e9  # Qwen2.5-7B has 7.6B parameters
+    assert on_24.fits and on_24.total < 0.7 * 24 * GiB, "leave the CPU-measured one-third margin"
+    assert not plan(recipe, available=12 * GiB, device="cuda").fits
