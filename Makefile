@@ -42,12 +42,14 @@ test: setup browser
 test-fast: setup
 	$(BIN)/pytest
 
-# Performance claims, each a ratio measured in one run (results in benchmarks/results/*.json; ~30 min on 2 CPU cores).
+# Performance claims, each a ratio measured in one run (results in benchmarks/results/*.json; ~40 min on 2 CPU cores).
 bench: setup
 	$(BIN)/python benchmarks/eval_throughput.py --prompts 32 --repeats 1
 	$(BIN)/python benchmarks/checkpoint_sweep.py
 	$(BIN)/python benchmarks/layer_overhead.py
 	$(BIN)/python benchmarks/ppo_memory.py
+	$(BIN)/python benchmarks/ppo_memory.py --random-init 1b --updates 1 --set ppo.per_device_train_batch_size=4 \
+		--set ppo.gradient_accumulation_steps=2 --set ppo.num_mini_batches=1 --set ppo.local_rollout_forward_batch_size=8
 
 # Regenerate the recipe reference from the schema (tests/test_recipe_docs.py fails when it is stale).
 docs: setup

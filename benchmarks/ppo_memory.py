@@ -9,7 +9,8 @@ after loading the models (where the rest goes), and the size of the checkpoint i
 checkpoint: policy weights, optimizer, scheduler, RNG; it does not save the value model).
 
     python benchmarks/ppo_memory.py [--updates 2]                 # the default recipe's model
-    python benchmarks/ppo_memory.py --random-init 1b --updates 1  # a randomly initialised ~1B model
+    python benchmarks/ppo_memory.py --random-init 1b --updates 1 --set ppo.per_device_train_batch_size=4 \
+        --set ppo.gradient_accumulation_steps=2 --set ppo.num_mini_batches=1 --set ppo.local_rollout_forward_batch_size=8
 """
 
 from __future__ import annotations

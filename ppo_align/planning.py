@@ -12,9 +12,10 @@ activation peaks of a PPO update:
   policy's logits, log-softmax and their gradient.
 
 Sequences are counted at their longest (``data.max_prompt_length`` + ``ppo.response_length``).
-`benchmarks/ppo_memory.py` reports the estimate's error against a measured peak: on the embedded
-135M model on CPU it *under*-estimates the peak resident memory by about a third (allocator
-retention and backward-pass transients are not modelled), so keep that margin.
+`benchmarks/ppo_memory.py` reports the estimate's error against a measured peak: on CPU it
+*under*-estimated the peak resident memory by 34% (135M) and 62% (1.1B, much of it memory that
+loading and quantizing leave resident); allocator retention and backward-pass transients are not
+modelled, so leave about 2x headroom.
 """
 
 from __future__ import annotations
