@@ -146,10 +146,19 @@ def train(
         _relaunch_with_accelerate(num_processes)
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
+    if _worker_process():
+        return
     if result.stopped_by:
         out.print(f"[yellow]{result.stopped_by}[/yellow]")
     out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
                                                       if result.best else ""))
+
+
+def _worker_process() -> bool:
+    """One of several processes other than the first: the first one reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) > 0
 
 
 def _relaunch_with_accelerate(num_processes: int) -> None:
@@ -266,6 +275,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="At most this many prompts per set (categories in turn, contrast pairs kept together)."),
     full_precision: bool = typer.Option(False, "--full-precision", help="Load the base unquantized even if training used 4-bit."),
     token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Share the (checkpoint, eval set) work among this many processes (GPUs if present, else CPU)."),
 ) -> None:
     """Measure how behaviour shifted: the reference (adapters off) and every checkpoint on the eval sets.
 
@@ -281,10 +291,14 @@ def eval_command(
     from ppo_align import evaluate
     from ppo_align.judges import build_judge
 
+    if num_processes > 1:
+        _relaunch_with_accelerate(num_processes)
     results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
                        sets=sets or None, judge=build_judge(judge, token_env=token_env), full_precision=full_precision, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, samples=samples, seed=seed, limit=limit,
                        progress=sys.stderr.isatty())
+    if _worker_process():
+        return
     for result in results if isinstance(results, list) else [results]:
         for skipped in result.data["skipped"]:
             err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {escape(skipped['reason'])}", soft_wrap=True)

@@ -266,6 +266,24 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     base = {"source": section.source, "fingerprint": model_fingerprint(section.source),
             "load_in_4bit": section.quantization.load_in_4bit}
     cache = Cache(plan.out_dir / "cache")
+    processes = _processes()
+    computed_elsewhere: list[dict] = []
+    load_seconds = None
+    if processes.num_processes > 1:
+        # Several processes (torchrun / accelerate launch): each computes its share of the (target, set)
+        # units into the shared cache; the main process then assembles everything from the cache, so the
+        # merged results are exactly what one process would have computed.
+        session = _Session(plan, section, base, cache, progress and processes.is_main_process)
+        units = [(t, s) for t in plan.targets for s in evalsets]
+        try:
+            for target, evalset in units[processes.process_index::processes.num_processes]:
+                _labelled(session.entry(target, evalset), evalset, judge, cache)
+        finally:
+            session.close()
+        from accelerate.utils import gather_object
+
+        computed_elsewhere, load_seconds = gather_object(session.computed), session.load_seconds
+        processes.wait_for_everyone()
     session = _Session(plan, section, base, cache, progress)
     records: dict[str, dict[str, list[dict]]] = {}
     try:
@@ -282,10 +300,21 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
             judge_info["validation"][gold] = validate_judge(judge, load_evalset(gold)).to_dict()
         except UserError as exc:  # e.g. an HTTP judge that is down: the results still stand, without the figure
             judge_info["validation"][gold] = {"error": str(exc)}
-    timing = {"model_load_seconds": session.load_seconds, "computed": session.computed}
+    timing = {"model_load_seconds": session.load_seconds or load_seconds, "computed": computed_elsewhere + session.computed,
+              "processes": processes.num_processes}
     results = _json_safe(_assemble(plan, base, evalsets, judge_info, records, timing))
-    write_json_atomic(plan.out_dir / RESULTS, results)
+    if processes.is_main_process:
+        write_json_atomic(plan.out_dir / RESULTS, results)
+    processes.wait_for_everyone()
     return EvalResults(results, plan.out_dir / RESULTS)
+
+
+def _processes():
+    """This process's place among several (torchrun / accelerate launch), or the only one."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class _Session:
@@ -571,6 +600,7 @@ def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,
         "targets": [t.to_dict() for t in plan.targets],
         "skipped": plan.skipped,
         "computed": timing["computed"],
+        "processes": timing["processes"],
         "model_load_seconds": timing["model_load_seconds"],
         "metrics": metrics,
         "shifts": shifts,

@@ -16,10 +16,14 @@ from ppo_align.files import read_jsonl
 pytestmark = pytest.mark.slow
 
 
-def _train(recipe_file, *args):
+def _cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ppo_align.cli", "train", str(recipe_file), "--num-processes", "2", *args],
+    return subprocess.run([sys.executable, "-m", "ppo_align.cli", *map(str, args), "--num-processes", "2"],
                           env=env, capture_output=True, text=True, timeout=900)
+
+
+def _train(recipe_file, *args):
+    return _cli("train", recipe_file, *args)
 
 
 def test_two_processes_train_checkpoint_and_resume(tiny_recipe, tmp_path):
@@ -46,3 +50,27 @@ def test_two_processes_train_checkpoint_and_resume(tiny_recipe, tmp_path):
     assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert json.loads((run_dir / "run.json").read_text())["resumed_from"] == "checkpoint-4"
     assert latest_complete(run_dir).step == 6
+
+
+def test_two_processes_share_an_eval_and_merge_what_one_would_compute(tiny_recipe, tmp_path):
+    import shutil
+
+    from ppo_align import evaluate, load_recipe
+    from ppo_align.training import train
+
+    tiny_recipe["ppo"].update(save_steps=1)  # 2 updates: reference + 2 checkpoints
+    tiny_recipe["eval"] = {"sets": ["boundary", "refusal"], "limit": 8, "max_new_tokens": 6, "batch_size": 4}
+    run_dir = train(load_recipe(tiny_recipe), progress=False).dir
+    shared = tmp_path / "shared"
+    shutil.copytree(run_dir, shared)
+
+    alone = evaluate(run_dir, progress=False).data
+    done = _cli("eval", shared)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads((shared / "eval" / "results.json").read_text())
+    assert merged["processes"] == 2
+    assert len(merged["computed"]) == 6  # 3 targets x 2 sets, each computed once, by one of the processes
+    for key in ("records", "metrics", "shifts", "flips"):
+        assert merged[key] == alone[key], key
+    assert [(t["name"], t["fingerprint"]) for t in merged["targets"]] == [(t["name"], t["fingerprint"]) for t in alone["targets"]]
+    assert done.stdout.count("done:") == 1  # one process reports
