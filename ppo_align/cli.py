@@ -196,8 +196,8 @@ def plan_command(
 
     Prints each component (4-bit bases, LoRA with its optimizer state, activations of the larger of the
     rollout and optimisation peaks, runtime) and a verdict. Nothing is loaded but the model's config.
-    Exit code 1 when it does not fit. On CPU the estimate has run 34-62% below the measured peak
-    resident memory (see benchmarks/ppo_memory.py): leave about 2x headroom.
+    Exit code 1 when it does not fit. On CPU the estimate has run about a third below the measured
+    peak resident memory (see benchmarks/ppo_memory.py): leave that headroom.
 
     Example: `ppo-align plan smollm2-refusal-boundary --memory 8GiB --set ppo.per_device_train_batch_size=8`.
     """

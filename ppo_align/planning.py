@@ -13,9 +13,8 @@ activation peaks of a PPO update:
 
 Sequences are counted at their longest (``data.max_prompt_length`` + ``ppo.response_length``).
 `benchmarks/ppo_memory.py` reports the estimate's error against a measured peak: on CPU it
-*under*-estimated the peak resident memory by 34% (135M) and 62% (1.1B, much of it memory that
-loading and quantizing leave resident); allocator retention and backward-pass transients are not
-modelled, so leave about 2x headroom.
+*under*-estimated the peak resident memory by 29% (135M) and 35% (1.1B); allocator retention and
+backward-pass transients are not modelled, so leave that headroom.
 """
 
 from __future__ import annotations
