@@ -123,7 +123,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (through accelerate launch; GPUs if present, else CPU)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (accelerate launch on GPUs, torchrun on CPU)."),
 ) -> None:
     """Train: warm start and reward model (if the recipe has them), reward audit, then PPO.
 
@@ -143,7 +143,7 @@ def train(
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
     if num_processes > 1:
-        _relaunch_with_accelerate(num_processes)
+        _relaunch_in_processes(num_processes)
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
     if _worker_process():
@@ -161,7 +161,7 @@ def _worker_process() -> bool:
     return int(os.environ.get("RANK", "0")) > 0
 
 
-def _relaunch_with_accelerate(num_processes: int) -> None:
+def _relaunch_in_processes(num_processes: int) -> None:
     """Run this same command again in ``num_processes`` processes (accelerate launch on GPUs, torchrun on CPU),
     and exit with its code."""
     import os
@@ -169,10 +169,12 @@ def _relaunch_with_accelerate(num_processes: int) -> None:
 
     import torch
 
-    args = [a for a in sys.argv[1:] if not a.startswith("--num-processes")]
-    if "--num-processes" in sys.argv[1:]:  # "--num-processes N" as two words: drop the value too
-        at = sys.argv[1:].index("--num-processes")
-        args = sys.argv[1:][:at] + sys.argv[1:][at + 2:]
+    args, rest = [], iter(sys.argv[1:])
+    for arg in rest:  # the same command line without --num-processes N / --num-processes=N
+        if arg == "--num-processes":
+            next(rest, None)
+        elif not arg.startswith("--num-processes="):
+            args.append(arg)
     env = dict(os.environ)
     if torch.cuda.is_available() and torch.cuda.device_count() >= num_processes:
         launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
@@ -292,7 +294,7 @@ def eval_command(
     from ppo_align.judges import build_judge
 
     if num_processes > 1:
-        _relaunch_with_accelerate(num_processes)
+        _relaunch_in_processes(num_processes)
     results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
                        sets=sets or None, judge=build_judge(judge, token_env=token_env), full_precision=full_precision, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, samples=samples, seed=seed, limit=limit,

@@ -34,6 +34,7 @@ from ppo_align.evalsets import EvalItem, EvalSet, load_evalset
 from ppo_align.files import read_json, write_json_atomic
 from ppo_align.inference import GenerationSettings
 from ppo_align.metrics import flips, group_metrics, shift_metrics
+from ppo_align.processes import process_state
 from ppo_align.recipe import ModelSection, Recipe, load_recipe
 from ppo_align.results import RESULTS, EvalResults
 
@@ -266,7 +267,7 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     base = {"source": section.source, "fingerprint": model_fingerprint(section.source),
             "load_in_4bit": section.quantization.load_in_4bit}
     cache = Cache(plan.out_dir / "cache")
-    processes = _processes()
+    processes = process_state()
     computed_elsewhere: list[dict] = []
     load_seconds = None
     if processes.num_processes > 1:
@@ -307,14 +308,6 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
         write_json_atomic(plan.out_dir / RESULTS, results)
     processes.wait_for_everyone()
     return EvalResults(results, plan.out_dir / RESULTS)
-
-
-def _processes():
-    """This process's place among several (torchrun / accelerate launch), or the only one."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class _Session:

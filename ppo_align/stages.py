@@ -34,9 +34,9 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     if info(stage).get("key") == key:
         log.info("%s: reusing it (inputs unchanged)", stage)
         return stage
-    from accelerate import PartialState
+    from ppo_align.processes import process_state
 
-    if PartialState().num_processes > 1:  # its trainer would need every process, and its files one writer
+    if process_state().num_processes > 1:  # its trainer would need every process, and its files one writer
         raise UserError(f"{stage}: not built yet (or its inputs changed), and it is built by a single process; "
                         "fix: run `ppo-align train` on the recipe once without several processes (it builds this "
                         "stage first; Ctrl-C once PPO starts is fine), then launch with several processes")

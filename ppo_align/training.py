@@ -60,12 +60,10 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     Returns:
         The run directory, the number of PPO updates done, and the checkpoints.
     """
-    import torch
-    from accelerate import PartialState
+    from ppo_align.processes import process_state
 
-    # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run
-    # files. Without a GPU the processes join over gloo, which accelerate only does when told it is on CPU.
-    processes = PartialState(cpu=not torch.cuda.is_available())
+    # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run files.
+    processes = process_state()
     main = processes.is_main_process
     if not main:  # one voice in the log: the other processes only report problems
         logging.getLogger("ppo_align").setLevel(logging.WARNING)
