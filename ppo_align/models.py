@@ -154,19 +154,48 @@ def quantization_config(section: ModelSection):
     )
 
 
-def lora_config(lora: Lora, task_type: str, modules_to_save: list[str] | None = None):
+def lora_config(lora: Lora, task_type: str, modules_to_save: list[str] | None = None, model=None):
+    """PEFT's LoraConfig for ``lora``; ``model`` (the base) is needed only to place ``last_layers``."""
     from peft import LoraConfig
 
-    targets = lora.target_modules
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+    layers = None
+    if lora.last_layers is not None and model is not None:
+        num_layers = model.config.num_hidden_layers
+        if lora.last_layers > num_layers:
+            raise UserError(f"lora.last_layers = {lora.last_layers}: the model has only {num_layers} decoder layers; "
+                            f"fix: use at most {num_layers}, or drop the key to adapt every layer")
+        layers = list(range(num_layers - lora.last_layers, num_layers))
+        if targets == "all-linear":  # PEFT takes a layer subset only with named modules
+            targets = _decoder_linear_names(model)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        target_modules=targets,
         task_type=task_type,
         modules_to_save=modules_to_save,
+        layers_to_transform=layers,
         bias="none",
     )
+
+
+def _decoder_linear_names(model) -> list[str]:
+    """What "all-linear" means in PEFT: every linear layer inside the decoder, by its short name."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"})
+
+
+def trainer_precision(section: ModelSection) -> dict:
+    """TrainingArguments' mixed-precision flags. On a GPU, bf16/fp16 compute turns on autocast; on a CPU the
+    4-bit layers already compute in ``compute_dtype`` and the adapters stay float32, so no autocast (which
+    transformers refuses there anyway)."""
+    import torch
+
+    dtype = section.quantization.compute_dtype if torch.cuda.is_available() else "float32"
+    return {"bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
 
 
 def keep_4bit_gradients_on_cpu(model) -> int:
@@ -324,7 +353,7 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Pa
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     if warm_start is None:
-        return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM"))
+        return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM", model=base))
     policy = PeftModel.from_pretrained(base, str(warm_start), adapter_name="default", is_trainable=True)
     policy.load_adapter(str(warm_start), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     policy.set_adapter("default")  # also leaves only the active adapter trainable
@@ -340,7 +369,8 @@ def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, t
     from peft import get_peft_model
 
     base = load_scalar_model(section, model_dir, tokenizer)
-    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"]))
+    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"],
+                                            model=base))
 
 
 def load_scalar_model(section: ModelSection, model_dir: str, tokenizer, *, training: bool = True):

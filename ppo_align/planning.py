@@ -113,7 +113,10 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     def lora_params(lora: Lora) -> int:
         targets = linears if "all-linear" in lora.target_modules else {
             k: v for k, v in linears.items() if k in lora.target_modules}
-        return layers * sum(lora.r * (i + o) for i, o in targets.values())
+        return adapted(lora) * sum(lora.r * (i + o) for i, o in targets.values())
+
+    def adapted(lora: Lora) -> int:
+        return min(lora.last_layers or layers, layers)
 
     policy_lora, value_lora = lora_params(m.lora), lora_params(recipe.value.lora or m.lora) + h
     trainable = policy_lora + value_lora
@@ -148,7 +151,8 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     # gradient checkpointing keeps only each layer's input.
     per_token_layer = (h if m.gradient_checkpointing else
                        6 * h + 2 * kv * head_dim + heads * head_dim + heads * seq + 4 * inter)
-    saved = 2 * layers * tokens * per_token_layer * act                        # policy and value model
+    # Autograd keeps them only from the lowest adapted layer up, in the policy and the value model.
+    saved = (adapted(m.lora) + adapted(recipe.value.lora or m.lora)) * tokens * per_token_layer * act
     # The policy's full logits, and over the response: log-softmax, softmax and softmax·logits (entropy),
     # and the logits' gradient.
     logits = micro * seq * vocab * act + 4 * micro * p.response_length * vocab * 4

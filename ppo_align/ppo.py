@@ -45,9 +45,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
-from ppo_align import checkpoints
+from ppo_align import checkpoints, models
 from ppo_align.errors import Interrupted, TrainingStopped, UserError
-from ppo_align.models import REFERENCE_ADAPTER
 from ppo_align.monitor import Check, Monitor
 from ppo_align.prompts import PromptSet
 from ppo_align.recipe import Recipe
@@ -100,8 +99,7 @@ def build_config(recipe: Recipe, run_dir: Path) -> PPOConfig:
         warmup_steps=p.warmup_steps,
         seed=p.seed,
         stop_token="eos",
-        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
-        fp16=False,
+        **models.trainer_precision(recipe.model),
         gradient_checkpointing=recipe.model.gradient_checkpointing,
         save_strategy="no",
         logging_steps=1,
@@ -109,7 +107,7 @@ def build_config(recipe: Recipe, run_dir: Path) -> PPOConfig:
         report_to=recipe.output.report_to or "none",
         disable_tqdm=True,
         # After a warm start TRL switches to the frozen warm-start adapter for reference passes.
-        **({"model_adapter_name": "default", "ref_adapter_name": REFERENCE_ADAPTER}
+        **({"model_adapter_name": "default", "ref_adapter_name": models.REFERENCE_ADAPTER}
            if recipe.reference_mode == "warm-start" else {}),
     )
 

@@ -55,6 +55,9 @@ class Lora(Section):
     """LoRA dropout. Keep 0 for PPO: dropout makes the log-probs of the rollout and of the update disagree."""
     target_modules: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ["all-linear"]
     """Which linear layers get adapters: all-linear, or a list of module names such as [q_proj, v_proj]."""
+    last_layers: int | None = Field(None, ge=1)
+    """Adapt only the last N decoder layers (default: all). Backward passes stop at the lowest adapted layer,
+    so fewer layers make every training step cheaper; the layers below run forward only."""
 
 
 class ModelSection(Section):

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ppo_align import models
 from ppo_align.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def trainer_args(recipe, output: Path, section, *, progress: bool) -> dict:
         per_device_train_batch_size=section.batch_size,
         max_length=section.max_length,
         gradient_checkpointing=recipe.model.gradient_checkpointing,
-        bf16=recipe.model.quantization.compute_dtype == "bfloat16",
+        **models.trainer_precision(recipe.model),
         save_strategy="no",
         logging_steps=5,
         report_to="none",

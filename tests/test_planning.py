@@ -42,6 +42,12 @@ def test_components_follow_the_recipe(tiny_recipe):
     assert checkpointed.optimisation_bytes < full.optimisation_bytes
     assert checkpointed.rollout_bytes == full.rollout_bytes
 
+    tiny_recipe["model"]["gradient_checkpointing"] = False
+    tiny_recipe["model"]["lora"]["last_layers"] = 1  # of 2: half the adapters, half the kept activations
+    top = plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu")
+    assert top.optimisation_bytes < full.optimisation_bytes
+    assert _by_name(top)["LoRA weights, gradients, AdamW moments"] < _by_name(full)["LoRA weights, gradients, AdamW moments"]
+
 
 def test_the_default_recipe_fits_this_class_of_machine():
     memory_plan = plan(load_recipe("smollm2-refusal-boundary", check_resources=False), available=24 * GiB, device="cpu")

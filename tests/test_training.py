@@ -165,6 +165,36 @@ def test_reference_is_the_base_and_policy_moves(tiny_recipe, tiny_model_dir):
     assert not torch.allclose(logits(policy), policy_before), "the policy did not move"
 
 
+def test_last_layers_adapts_and_trains_only_the_top_layers(tiny_recipe, tiny_model_dir):
+    """lora.last_layers puts adapters (policy and value) only in the top layers, and they still learn."""
+    from ppo_align import models
+
+    tiny_recipe["model"]["lora"]["last_layers"] = 1  # the tiny model has 2 decoder layers
+    result = train(load_recipe(tiny_recipe), progress=False)
+    from safetensors.torch import load_file
+
+    for part in ("policy", "value"):
+        weights = load_file(result.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in weights if "lora_" in k}
+        assert layers == {1}, f"{part} adapters in layers {layers}"
+        lora_b = [w for k, w in weights.items() if "lora_B" in k]
+        assert lora_b and all(w.abs().sum() > 0 for w in lora_b), f"{part}: an adapter did not learn"
+
+    recipe = load_recipe({**tiny_recipe, "model": {**tiny_recipe["model"], "lora": {"r": 4, "last_layers": 3}}})
+    tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))
+    with pytest.raises(UserError, match="last_layers = 3: the model has only 2 decoder layers"):
+        models.load_policy(recipe.model, str(tiny_model_dir), tokenizer)
+
+
+def test_bfloat16_compute_on_a_cpu_builds_without_autocast(tiny_recipe, tmp_path):
+    """transformers refuses bf16 autocast without a GPU; on a CPU the 4-bit layers compute in bf16 anyway."""
+    from ppo_align.ppo import build_config
+
+    tiny_recipe["model"]["quantization"] = {"compute_dtype": "bfloat16"}
+    config = build_config(load_recipe(tiny_recipe), tmp_path)
+    assert config.bf16 is torch.cuda.is_available()
+
+
 def test_reward_model_drives_a_step(tiny_recipe, tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
