@@ -154,13 +154,13 @@ def quantization_config(section: ModelSection):
     )
 
 
-def lora_config(lora: Lora, task_type: str, modules_to_save: list[str] | None = None, model=None):
-    """PEFT's LoraConfig for ``lora``; ``model`` (the base) is needed only to place ``last_layers``."""
+def lora_config(lora: Lora, task_type: str, model, modules_to_save: list[str] | None = None):
+    """PEFT's LoraConfig for ``lora`` on the base ``model`` (whose layer count places ``last_layers``)."""
     from peft import LoraConfig
 
     targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
     layers = None
-    if lora.last_layers is not None and model is not None:
+    if lora.last_layers is not None:
         num_layers = model.config.num_hidden_layers
         if lora.last_layers > num_layers:
             raise UserError(f"lora.last_layers = {lora.last_layers}: the model has only {num_layers} decoder layers; "
@@ -353,7 +353,7 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Pa
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     if warm_start is None:
-        return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM", model=base))
+        return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM", base))
     policy = PeftModel.from_pretrained(base, str(warm_start), adapter_name="default", is_trainable=True)
     policy.load_adapter(str(warm_start), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     policy.set_adapter("default")  # also leaves only the active adapter trainable
@@ -369,8 +369,7 @@ def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, t
     from peft import get_peft_model
 
     base = load_scalar_model(section, model_dir, tokenizer)
-    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", modules_to_save=["score"],
-                                            model=base))
+    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", base, modules_to_save=["score"]))
 
 
 def load_scalar_model(section: ModelSection, model_dir: str, tokenizer, *, training: bool = True):

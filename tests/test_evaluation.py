@@ -301,8 +301,8 @@ def test_shared_continuations_match_full_teacher_forcing(tiny_model_dir):
 
     section = ModelSection(source=str(tiny_model_dir))
     tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
-    model = get_peft_model(models.load_for_inference(section, str(tiny_model_dir), tok),
-                           models.lora_config(Lora(r=4, alpha=8), "CAUSAL_LM")).eval()
+    base = models.load_for_inference(section, str(tiny_model_dir), tok)
+    model = get_peft_model(base, models.lora_config(Lora(r=4, alpha=8), "CAUSAL_LM", base)).eval()
     prompts = [encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS]
     openers = [tok(o, add_special_tokens=False)["input_ids"] for o in ("I'm sorry, but I can't", "Sure", "Certainly! Here")]
     shared = inference.shared_continuation_logprobs(model, tok, prompts, openers, batch_size=4)
