@@ -16,9 +16,10 @@ from ppo_align.files import read_jsonl
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ppo_align.cli", *map(str, args), "--num-processes", "2"],
+def _cli(*args, processes: int = 2):
+    # One thread per process, as torchrun sets it, so that one process and two sum floats in the same order.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ppo_align.cli", *map(str, args), "--num-processes", str(processes)],
                           env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -55,7 +56,7 @@ def test_two_processes_train_checkpoint_and_resume(tiny_recipe, tmp_path):
 def test_two_processes_share_an_eval_and_merge_what_one_would_compute(tiny_recipe, tmp_path):
     import shutil
 
-    from ppo_align import evaluate, load_recipe
+    from ppo_align import load_recipe
     from ppo_align.training import train
 
     tiny_recipe["ppo"].update(save_steps=1)  # 2 updates: reference + 2 checkpoints
@@ -64,7 +65,9 @@ def test_two_processes_share_an_eval_and_merge_what_one_would_compute(tiny_recip
     shared = tmp_path / "shared"
     shutil.copytree(run_dir, shared)
 
-    alone = evaluate(run_dir, progress=False).data
+    done = _cli("eval", run_dir, processes=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads((run_dir / "eval" / "results.json").read_text())
     done = _cli("eval", shared)
     assert done.returncode == 0, done.stderr[-3000:]
     merged = json.loads((shared / "eval" / "results.json").read_text())
