@@ -110,15 +110,16 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
         scales = 4 / 64 if not m.quantization.double_quant else 1 / 64 + 4 / (64 * 256)
         return int(linear_params * (0.5 + scales)) + rest
 
+    def adapted(lora: Lora) -> int:
+        return min(lora.last_layers or layers, layers)
+
     def lora_params(lora: Lora) -> int:
         targets = linears if "all-linear" in lora.target_modules else {
             k: v for k, v in linears.items() if k in lora.target_modules}
         return adapted(lora) * sum(lora.r * (i + o) for i, o in targets.values())
 
-    def adapted(lora: Lora) -> int:
-        return min(lora.last_layers or layers, layers)
-
-    policy_lora, value_lora = lora_params(m.lora), lora_params(recipe.value.lora or m.lora) + h
+    value_section = recipe.value.lora or m.lora
+    policy_lora, value_lora = lora_params(m.lora), lora_params(value_section) + h
     trainable = policy_lora + value_lora
     components = [
         Component("policy base", base(m.quantization.load_in_4bit),
@@ -152,7 +153,7 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     per_token_layer = (h if m.gradient_checkpointing else
                        6 * h + 2 * kv * head_dim + heads * head_dim + heads * seq + 4 * inter)
     # Autograd keeps them only from the lowest adapted layer up, in the policy and the value model.
-    saved = (adapted(m.lora) + adapted(recipe.value.lora or m.lora)) * tokens * per_token_layer * act
+    saved = (adapted(m.lora) + adapted(value_section)) * tokens * per_token_layer * act
     # The policy's full logits, and over the response: log-softmax, softmax and softmax·logits (entropy),
     # and the logits' gradient.
     logits = micro * seq * vocab * act + 4 * micro * p.response_length * vocab * 4
