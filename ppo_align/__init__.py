@@ -14,16 +14,12 @@ functions that need them, so ``import ppo_align`` and ``ppo-align --help`` stay 
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
+from ppo_align import hub as _hub
 
 __version__ = "0.1.0"
 
-# Nothing contacts a host the user did not name: the Hugging Face libraries send usage telemetry
-# (trainer start-ups) unless told not to. An explicit HF_HUB_DISABLE_TELEMETRY=0 is respected.
-_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-if "huggingface_hub.constants" in _sys.modules and _os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1":
-    _sys.modules["huggingface_hub.constants"].HF_HUB_DISABLE_TELEMETRY = True  # imported before us (a notebook)
+# Before any Hugging Face library loads: no telemetry, no hub kernels for bitsandbytes (see hub.py).
+_hub.keep_quiet()
 
 from ppo_align.errors import UserError
 from ppo_align.recipe import Recipe, load_recipe, shipped_recipes

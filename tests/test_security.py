@@ -165,6 +165,29 @@ main()
 """
 
 
+def test_bitsandbytes_never_imports_hub_kernels_after_ppo_align(tmp_path):
+    """bitsandbytes' CPU backend fetches a hub kernel at import whenever `kernels` is importable (on CPUs with
+    AVX512-BF16). A stand-in `kernels` package records being imported: after `import ppo_align` it never is,
+    and it stays importable for everyone else."""
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    mark = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'a').write('x')\n"
+                                      "def get_kernel(*args, **kwargs):\n    raise RuntimeError('no hub here')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+
+    def run(code: str) -> str:
+        mark.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return mark.read_text() if mark.exists() else ""
+
+    if not run("import bitsandbytes"):
+        pytest.skip("bitsandbytes on this CPU never asks for a hub kernel, so there is nothing to block")
+    assert run("import ppo_align, bitsandbytes") == ""
+    assert run("import ppo_align, bitsandbytes, kernels") == "x"
+
+
 @pytest.mark.slow
 def test_a_local_pipeline_contacts_no_host(tiny_recipe, tmp_path):
     """Every stage (warm start, reward model training, audit, PPO, eval, report) on a local model, with the
