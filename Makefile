@@ -77,7 +77,7 @@ lock:
 
 # Regenerate the recipe reference from the schema (tests/test_recipe_docs.py fails when it is stale).
 docs: setup
-	$(BIN)/python -m ppo_align.recipe_docs docs/recipes.md
+	$(BIN)/python -m ppo_align.recipe.docs docs/recipes.md
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs .pytest_cache

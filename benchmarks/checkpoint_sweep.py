@@ -24,7 +24,7 @@ from pathlib import Path
 from bench_common import machine, write_result
 
 from ppo_align import evaluate, models
-from ppo_align.recipe import ModelSection
+from ppo_align.recipe.schema import ModelSection
 
 
 def make_checkpoints(model_dir: str, count: int, out: Path) -> list[Path]:

@@ -17,9 +17,9 @@ import time
 from bench_common import machine, write_result
 
 from ppo_align import inference, models
+from ppo_align.chat import encode_chat
 from ppo_align.evalsets import load_evalset
-from ppo_align.prompts import encode_chat
-from ppo_align.recipe import ModelSection
+from ppo_align.recipe.schema import ModelSection
 
 
 def sample_prompts(n: int) -> list[str]:

@@ -41,8 +41,8 @@ class UpdateTimer(TrainerCallback):
 def build(recipe):
     from transformers import set_seed
 
-    from ppo_align.prompts import load_prompts
-    from ppo_align.rewards import build_scorer
+    from ppo_align.rewards.sources import build_scorer
+    from ppo_align.training.prompts import load_prompts
 
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
@@ -55,7 +55,7 @@ def build(recipe):
 
 
 def run_ours(recipe, out: Path) -> tuple[list[float], float]:
-    from ppo_align.ppo import PPORun
+    from ppo_align.training.ppo import PPORun
 
     tokenizer, prompts, scorer, policy, value = build(recipe)
     run = PPORun(recipe, out, tokenizer, policy, value, scorer, prompts)
@@ -68,7 +68,7 @@ def run_ours(recipe, out: Path) -> tuple[list[float], float]:
 
 
 def run_raw_trl(recipe, out: Path) -> tuple[list[float], float]:
-    from ppo_align.ppo import PPOTrainer, TRLRewardModule, build_config
+    from ppo_align.training.ppo import PPOTrainer, TRLRewardModule, build_config
 
     tokenizer, prompts, scorer, policy, value = build(recipe)
     timer = UpdateTimer()

@@ -54,7 +54,7 @@ def random_model(shape: str, out: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ppo_align import models
-    from ppo_align.recipe import ModelSection
+    from ppo_align.recipe.schema import ModelSection
 
     source = models.resolve_model_dir(ModelSection().source)
     tokenizer = models.load_tokenizer(ModelSection(), source)
@@ -75,9 +75,9 @@ def side(name: str, model: str, updates: int, out: Path, overrides: list[str]) -
     from transformers.trainer_utils import IntervalStrategy
 
     from ppo_align import load_recipe, models
-    from ppo_align.ppo import PPORun, PPOTrainer, build_config
-    from ppo_align.prompts import load_prompts
-    from ppo_align.rewards import build_scorer
+    from ppo_align.rewards.sources import build_scorer
+    from ppo_align.training.ppo import PPORun, PPOTrainer, build_config
+    from ppo_align.training.prompts import load_prompts
 
     settings = [f"model.source={model}", "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}",
                 "audit.enabled=false", f"ppo.save_steps={updates}", *overrides]

@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 _hub.keep_quiet()
 
 from ppo_align.errors import UserError
-from ppo_align.recipe import Recipe, load_recipe, shipped_recipes
+from ppo_align.recipe.load import load_recipe, shipped_recipes
+from ppo_align.recipe.schema import Recipe
 
 __all__ = [
     "Recipe",
@@ -39,32 +40,32 @@ __all__ = [
 
 
 def train(recipe, **options):
-    """Run PPO for a recipe (options: resume, force, progress); see :func:`ppo_align.training.train`.
+    """Run PPO for a recipe (options: resume, force, progress); see :func:`ppo_align.training.run.train`.
 
     Defined here rather than imported so that ``import ppo_align`` does not load torch or TRL.
     """
-    from ppo_align.training import train as _train
+    from ppo_align.training.run import train as _train
 
     return _train(recipe, **options)
 
 
 def evaluate(runs=None, **options):
-    """Evaluate the reference and every checkpoint of a run; see :func:`ppo_align.evaluation.evaluate`."""
-    from ppo_align.evaluation import evaluate as _evaluate
+    """Evaluate the reference and every checkpoint of a run; see :func:`ppo_align.evaluation.harness.evaluate`."""
+    from ppo_align.evaluation.harness import evaluate as _evaluate
 
     return _evaluate(runs, **options)
 
 
 def load_results(path):
-    """Load a run's ``eval/results.json``; see :func:`ppo_align.results.load_results`."""
-    from ppo_align.results import load_results as _load
+    """Load a run's ``eval/results.json``; see :func:`ppo_align.evaluation.results.load_results`."""
+    from ppo_align.evaluation.results import load_results as _load
 
     return _load(path)
 
 
 def report(runs, **options):
-    """Write report.md and report.html for evaluated runs; see :func:`ppo_align.reporting.build_report`."""
-    from ppo_align.reporting import build_report
+    """Write report.md and report.html for evaluated runs; see :func:`ppo_align.reporting.render.build_report`."""
+    from ppo_align.reporting.render import build_report
 
     return build_report(list(runs) if isinstance(runs, (list, tuple)) else [runs], **options)
 

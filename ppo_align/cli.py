@@ -81,7 +81,7 @@ def validate(
     Every problem is listed, one per line. Exit code 0 when all are valid, 2 otherwise.
     Example: `ppo-align validate recipes/*.yaml --set ppo.learning_rate=1e-5`.
     """
-    from ppo_align.recipe import load_recipe
+    from ppo_align.recipe.load import load_recipe
 
     problems: list[str] = []
     for path in recipes:
@@ -97,7 +97,7 @@ def validate(
 @app.command("recipes")
 def list_recipes() -> None:
     """List the recipes shipped with ppo-align, with one-line descriptions."""
-    from ppo_align.recipe import shipped_recipes
+    from ppo_align.recipe.load import shipped_recipes
 
     table = Table("name", "description", "file", box=None)
     for r in shipped_recipes():
@@ -111,7 +111,7 @@ def recipe_show(
     overrides: Optional[List[str]] = SetOption,
 ) -> None:
     """Print the fully resolved recipe, every default filled in."""
-    from ppo_align.recipe import load_recipe
+    from ppo_align.recipe.load import load_recipe
 
     out.print(load_recipe(recipe, overrides, check_resources=False).to_yaml(), end="", markup=False, highlight=False)
 
@@ -138,7 +138,7 @@ def train(
     `ppo-align train my-recipe.yaml --fresh`.
     """
     from ppo_align import train as run_training
-    from ppo_align.recipe import load_recipe
+    from ppo_align.recipe.load import load_recipe
 
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
@@ -204,7 +204,7 @@ def plan_command(
     Example: `ppo-align plan smollm2-refusal-boundary --memory 8GiB --set ppo.per_device_train_batch_size=8`.
     """
     from ppo_align.planning import GiB, parse_memory, plan_memory
-    from ppo_align.recipe import load_recipe
+    from ppo_align.recipe.load import load_recipe
 
     if device not in (None, "cpu", "cuda"):
         raise UserError(f"--device {device!r}: unknown; fix: use cpu or cuda")
@@ -243,8 +243,8 @@ def audit_reward_command(
 
     Example: `ppo-align audit-reward smollm2-refusal-boundary --limit 32`.
     """
-    from ppo_align.audit import audit_reward, write_audit
-    from ppo_align.recipe import load_recipe
+    from ppo_align.recipe.load import load_recipe
+    from ppo_align.rewards.audit import audit_reward, write_audit
 
     loaded = load_recipe(recipe, overrides)
     result = audit_reward(loaded, sets=evalsets or loaded.audit.sets, limit=limit or loaded.audit.limit,
@@ -363,7 +363,8 @@ def judge_command(
     `ppo-align judge my-gold.jsonl --judge ./my-classifier`,
     `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`.
     """
-    from ppo_align.judges import build_judge, label_file
+    from ppo_align.judges import build_judge
+    from ppo_align.judges.agreement import label_file
 
     result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
                         response_field=response_field, label_field=label_field)

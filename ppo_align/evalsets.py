@@ -11,10 +11,7 @@ Prompt sets (refusal, boundary, knowledge, benign) hold :class:`EvalItem` rows;
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ppo_align.errors import UserError
+from ppo_align.files import file_sha256, read_rows
 from ppo_align.resources import shipped_dir
 
 MANIFEST = "manifest.yaml"
@@ -164,53 +162,6 @@ def _column_problems(path: Path, model, columns: dict[tuple[str, str], list[int]
     out = [f"{rows(lines)}: column {key!r} is missing; fix: add it (columns: {known})" for key, lines in missing.items()]
     return out + [f"{rows(lines)}: unknown column {key!r}; fix: remove or rename it (columns: {known})"
                   for key, lines in unknown.items()]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """The rows of a JSONL or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix.
-
-    CSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
-
-    Raises:
-        UserError: the file cannot be read, a JSONL line is not a JSON object, or there are no rows
-            (one line naming ``file:line`` and the fix).
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of the first column
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); fix: save it as UTF-8 JSONL or CSV") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror}); fix: check the path") from None
-    if path.suffix.lower() == ".csv":
-        rows = []
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold newlines
-        start = 2
-        for row in reader:
-            if row.get("answers"):
-                row["answers"] = [a.strip() for a in row["answers"].split("|") if a.strip()]
-            rows.append((start, {k: v for k, v in row.items() if k is not None and v not in ("", None)}))
-            start = reader.line_num + 1
-        if not rows:
-            raise UserError(f"{path}: no rows; fix: a header line, then one row per line")
-        return rows
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{i}: invalid JSON ({exc.msg}); fix: one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{i}: expected a JSON object per line; fix: one {{...}} object per line")
-        rows.append((i, row))
-    if not rows:
-        raise UserError(f"{path}: no rows; fix: one JSON object per line")
-    return rows
 
 
 def _set_problems(path: Path, rows: list[tuple[int, dict]], items: list) -> list[str]:

@@ -7,9 +7,14 @@ the previous file intact. Readers never see half a file.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
+
+from ppo_align.errors import UserError
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -52,4 +57,51 @@ def read_jsonl(path: Path) -> list[dict]:
             rows.append(json.loads(line))
         except ValueError:
             continue
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a JSONL or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix.
+
+    CSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
+
+    Raises:
+        UserError: the file cannot be read, a JSONL line is not a JSON object, or there are no rows
+            (one line naming ``file:line`` and the fix).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not part of the first column
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); fix: save it as UTF-8 JSONL or CSV") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror}); fix: check the path") from None
+    if path.suffix.lower() == ".csv":
+        rows = []
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold newlines
+        start = 2
+        for row in reader:
+            if row.get("answers"):
+                row["answers"] = [a.strip() for a in row["answers"].split("|") if a.strip()]
+            rows.append((start, {k: v for k, v in row.items() if k is not None and v not in ("", None)}))
+            start = reader.line_num + 1
+        if not rows:
+            raise UserError(f"{path}: no rows; fix: a header line, then one row per line")
+        return rows
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{i}: invalid JSON ({exc.msg}); fix: one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object per line; fix: one {{...}} object per line")
+        rows.append((i, row))
+    if not rows:
+        raise UserError(f"{path}: no rows; fix: one JSON object per line")
     return rows

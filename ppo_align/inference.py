@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from ppo_align.chat import left_pad
 from ppo_align.models import REFERENCE_ADAPTER
 
 Progress = Callable[[int], None]
@@ -73,18 +74,6 @@ def _buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 def _cut(tokens: list[int], stop_ids: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in stop_ids:
@@ -119,7 +108,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     out: list[Generated | None] = [None] * len(prompts)
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
     for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
-        ids, mask = _left_pad([prompts[i] for i in batch], pad_id)
+        ids, mask = left_pad([prompts[i] for i in batch], pad_id)
         with torch.inference_mode():
             greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
                                     output_logits=score_responses, **common)
@@ -156,7 +145,7 @@ def _score_generated(model, tokenizer, prompts, responses, step_logits, with_ref
     tail = max(len(r) for r in responses)
     if with_reference and tail:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids, mask = _left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
+        ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
         with torch.inference_mode(), reference_mode(model):
             reference = _tail_log_probs(model, ids, mask, tail)
     scored = []
@@ -189,7 +178,7 @@ def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[i
     out: list[Scored | None] = [None] * len(prompts)
     lengths = [len(p) + len(c) for p, c in zip(prompts, continuations)]
     for batch in _buckets(lengths, batch_size):
-        ids, mask = _left_pad([prompts[i] + continuations[i] for i in batch], pad_id)
+        ids, mask = left_pad([prompts[i] + continuations[i] for i in batch], pad_id)
         tail = max(len(continuations[i]) for i in batch)
         with torch.inference_mode():
             logp = _tail_log_probs(model, ids, mask, tail)
@@ -229,7 +218,7 @@ def shared_continuation_logprobs(model, tokenizer, prompts: list[list[int]], con
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[list[float]] = [[] for _ in prompts]
     for batch in _buckets([len(p) for p in prompts], batch_size):
-        ids, mask = _left_pad([prompts[i] for i in batch], pad_id)
+        ids, mask = left_pad([prompts[i] for i in batch], pad_id)
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         rows = len(batch)
         with torch.inference_mode():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ppo_align import embedded
 from ppo_align.errors import UserError
-from ppo_align.recipe import Lora, ModelSection
+from ppo_align.recipe.schema import Lora, ModelSection
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppo_align.errors import UserError
-from ppo_align.recipe import Lora, Recipe
+from ppo_align.recipe.schema import Lora, Recipe
 
 GiB = 1024**3
 RUNTIME_BYTES = {"cpu": int(0.6 * GiB), "cuda": int(0.8 * GiB)}

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 CASES = sorted((REPO / "tests" / "bad_inputs").glob("*/*.yaml"))
@@ -82,8 +81,9 @@ def _craft_run(root: Path) -> None:
 
     Paths in it are relative to ``root`` (the sandbox is the working directory), so copies of it work anywhere.
     """
-    from ppo_align.evaluation import Cache, _Session, evaluate, plan_run
     from ppo_align.evalsets import load_evalset
+    from ppo_align.evaluation.harness import Cache, _Session, evaluate
+    from ppo_align.evaluation.targets import plan_run
     from ppo_align.models import model_fingerprint
 
     _write_small_model(root / "model")

@@ -3,9 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ppo_align import __version__
-
 from conftest import REPO
+
+from ppo_align import __version__
 
 
 def test_version(run_cli):

@@ -6,7 +6,6 @@ import json
 import logging
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -51,8 +50,8 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     from peft import PeftModel
 
     from ppo_align import inference, load_recipe, models
+    from ppo_align.chat import encode_chat
     from ppo_align.evalsets import load_evalset
-    from ppo_align.prompts import encode_chat
 
     section = load_recipe(run / "recipe.yaml", check_resources=False).model
     model_dir = models.resolve_model_dir(section.source)
@@ -80,10 +79,10 @@ def test_knowledge_control_is_answerable_by_the_embedded_model():
     Prints the accuracy; evalsets/DATASHEET.md reports it.
     """
     from ppo_align import inference, models
+    from ppo_align.chat import encode_chat
     from ppo_align.evalsets import load_evalset
-    from ppo_align.judges import answer_matches
-    from ppo_align.prompts import encode_chat
-    from ppo_align.recipe import ModelSection
+    from ppo_align.evaluation.harness import answer_matches
+    from ppo_align.recipe.schema import ModelSection
 
     section = ModelSection(source="embedded:smollm2-135m-instruct", quantization={"load_in_4bit": False})
     model_dir = models.resolve_model_dir(section.source)

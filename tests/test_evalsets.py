@@ -6,12 +6,11 @@ import json
 import re
 
 import pytest
+from conftest import REPO
 
 from ppo_align import UserError
 from ppo_align.evalsets import EvalItem, JudgeExample, load_evalset, shipped_evalsets
-from ppo_align.judges import answer_matches
-
-from conftest import REPO
+from ppo_align.evaluation.harness import answer_matches
 
 # name -> (minimum rows, minimum categories) as the eval-set contract promises (see evalsets/DATASHEET.md).
 CONTRACT = {"refusal": (120, 8), "boundary": (400, 10), "knowledge": (150, 8), "benign": (80, 8),

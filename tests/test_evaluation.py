@@ -10,10 +10,11 @@ import pytest
 
 from ppo_align import load_recipe, train
 from ppo_align.errors import UserError
-from ppo_align.evaluation import Cache, evaluate, plan_run, run_plan
-from ppo_align.judges import RuleJudge
+from ppo_align.evaluation.harness import Cache, evaluate, run_plan
+from ppo_align.evaluation.results import load_results
+from ppo_align.evaluation.targets import plan_run
+from ppo_align.judges.rules import RuleJudge
 from ppo_align.metrics import flips, paired_change, rate, shift_metrics
-from ppo_align.results import load_results
 
 # --------------------------------------------------------------------------- statistics
 
@@ -167,8 +168,8 @@ def test_eval_results_schema_and_metrics(tiny_run, tmp_path):
 def test_reference_is_the_base_even_after_adapters_are_loaded(tiny_run, tmp_path, tiny_model_dir):
     """Step 0 through a PEFT model with a checkpoint adapter loaded (adapters disabled) equals the plain base."""
     from ppo_align import inference, models
-    from ppo_align.prompts import encode_chat
-    from ppo_align.recipe import ModelSection
+    from ppo_align.chat import encode_chat
+    from ppo_align.recipe.schema import ModelSection
 
     run = _fresh_copy(tiny_run, tmp_path)
     plan = plan_run(run)
@@ -296,8 +297,8 @@ def test_shared_continuations_match_full_teacher_forcing(tiny_model_dir):
     from peft import get_peft_model
 
     from ppo_align import inference, models
-    from ppo_align.prompts import encode_chat
-    from ppo_align.recipe import Lora, ModelSection
+    from ppo_align.chat import encode_chat
+    from ppo_align.recipe.schema import Lora, ModelSection
 
     section = ModelSection(source=str(tiny_model_dir))
     tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
@@ -332,8 +333,8 @@ def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_mod
     from peft import PeftModel
 
     from ppo_align import inference, models
-    from ppo_align.prompts import encode_chat
-    from ppo_align.recipe import ModelSection
+    from ppo_align.chat import encode_chat
+    from ppo_align.recipe.schema import ModelSection
 
     section = ModelSection(source=str(tiny_model_dir))
     tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)

@@ -21,9 +21,9 @@ import yaml
 
 from ppo_align import evaluate, load_recipe
 from ppo_align.checkpoints import find_checkpoints, latest_complete
-from ppo_align.evaluation import plan_run
+from ppo_align.evaluation.targets import plan_run
 from ppo_align.files import read_jsonl
-from ppo_align.training import train
+from ppo_align.training.run import train
 
 pytestmark = pytest.mark.slow
 

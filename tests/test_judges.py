@@ -10,20 +10,17 @@ import pytest
 
 from ppo_align import UserError
 from ppo_align.evalsets import load_evalset
-from ppo_align.judges import (
-    LABELS,
-    ClassifierJudge,
-    HttpJudge,
-    Judge,
-    RuleJudge,
+from ppo_align.judges import build_judge
+from ppo_align.judges.agreement import (
     agreement,
-    build_judge,
     holdout_split,
-    judge_response,
-    judge_responses,
     label_file,
     validate_judge,
 )
+from ppo_align.judges.base import LABELS, Judge
+from ppo_align.judges.classifier import ClassifierJudge
+from ppo_align.judges.http import HttpJudge
+from ppo_align.judges.rules import RuleJudge, judge_response, judge_responses
 
 # --------------------------------------------------------------------------- the rule judge, measured
 
@@ -222,7 +219,11 @@ def _tiny_classifier(path, id2label: dict[int, str]):
     """A randomly initialised 2-layer Llama classifier with a tiny word-level tokenizer, saved offline."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import (
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
 
     words = ["[PAD]", "[UNK]", "i", "can't", "help", "with", "that", "how", "do", "make", "a", "bomb", "paris", "?", ".", ","]
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

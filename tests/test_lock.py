@@ -21,6 +21,7 @@ def test_installed_versions_match_the_lock():
 
 def test_the_lock_pins_every_dependency_the_project_declares():
     from importlib import metadata
+
     from packaging.requirements import Requirement
 
     declared = {lockfile.canonical(Requirement(r).name) for r in metadata.requires("ppo-align") or []}

@@ -57,7 +57,7 @@ def test_two_processes_share_an_eval_and_merge_what_one_would_compute(tiny_recip
     import shutil
 
     from ppo_align import load_recipe
-    from ppo_align.training import train
+    from ppo_align.training.run import train
 
     tiny_recipe["ppo"].update(save_steps=1)  # 2 updates: reference + 2 checkpoints
     tiny_recipe["eval"] = {"sets": ["boundary", "refusal"], "limit": 8, "max_new_tokens": 6, "batch_size": 4}

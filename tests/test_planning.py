@@ -75,7 +75,7 @@ def test_cli_verdicts(tiny_recipe, tmp_path, run_cli):
 
 def test_the_gpu_recipe_fits_one_24gb_gpu_by_its_config_alone():
     """The shipped 7B recipe, planned from the model's config file (no weights): fits 24 GiB, not 12."""
-    from ppo_align.recipe import shipped_recipes
+    from ppo_align.recipe.load import shipped_recipes
 
     path = next(r.path for r in shipped_recipes() if r.name == "qwen2.5-7b-refusal-boundary")
     config = str(REPO / "tests" / "model_configs" / "qwen2.5-7b-instruct")

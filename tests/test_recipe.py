@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from ppo_align import UserError, load_recipe, shipped_recipes
-from ppo_align.recipe import Recipe
-
-from conftest import REPO
+from ppo_align.recipe.schema import Recipe
 
 BROKEN = sorted((REPO / "tests" / "broken_recipes").glob("*.yaml"))
 

@@ -5,8 +5,8 @@ from typing import get_args
 
 from pydantic import BaseModel
 
-from ppo_align.recipe import Recipe
-from ppo_align.recipe_docs import render_recipe_reference
+from ppo_align.recipe.docs import render_recipe_reference
+from ppo_align.recipe.schema import Recipe
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 

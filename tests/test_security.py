@@ -16,7 +16,7 @@ import yaml
 from ppo_align import load_recipe
 from ppo_align.checkpoints import latest_complete
 from ppo_align.errors import UserError
-from ppo_align.training import train
+from ppo_align.training.run import train
 
 SECRET = "s3cr3t-token-value-9f8e7d"
 
@@ -105,7 +105,7 @@ def test_judge_token_reaches_the_server_and_no_file_or_log(tiny_recipe, tmp_path
 
 
 def test_the_judge_does_not_follow_redirects(server):
-    from ppo_align.judges import HttpJudge
+    from ppo_align.judges.http import HttpJudge
 
     server.script = [lambda body: (307, b"", 0, {"Location": "http://127.0.0.2:9/elsewhere"})]
     with pytest.raises(UserError, match="does not follow"):
@@ -114,7 +114,7 @@ def test_the_judge_does_not_follow_redirects(server):
 
 
 def test_http_retries_back_off_exponentially(server):
-    from ppo_align.judges import HttpJudge
+    from ppo_align.judges.http import HttpJudge
 
     server.script = [lambda body: (503, b"busy", 0)] * 3
     assert HttpJudge(server.url, retries=3, backoff=0.1).label(["q"], ["I can't."]) == ["refuse"]

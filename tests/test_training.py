@@ -10,7 +10,7 @@ import torch
 from ppo_align import UserError, load_recipe
 from ppo_align.checkpoints import COMPLETE, latest_complete
 from ppo_align.errors import TrainingStopped
-from ppo_align.training import train
+from ppo_align.training.run import train
 
 
 def _read_jsonl(path):
@@ -103,9 +103,9 @@ def test_extending_a_finished_run_keeps_learning(tiny_recipe, caplog):
 
 def test_resume_restores_optimizer_state(tiny_recipe):
     from ppo_align import models
-    from ppo_align.ppo import PPORun
-    from ppo_align.prompts import load_prompts
-    from ppo_align.rewards import build_scorer
+    from ppo_align.rewards.sources import build_scorer
+    from ppo_align.training.ppo import PPORun
+    from ppo_align.training.prompts import load_prompts
 
     recipe = load_recipe(tiny_recipe)
     train(recipe, progress=False)
@@ -128,9 +128,10 @@ def test_reference_is_the_base_and_policy_moves(tiny_recipe, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from ppo_align import models
-    from ppo_align.ppo import PPORun
-    from ppo_align.prompts import encode_chat, load_prompts
-    from ppo_align.rewards import build_scorer
+    from ppo_align.chat import encode_chat
+    from ppo_align.rewards.sources import build_scorer
+    from ppo_align.training.ppo import PPORun
+    from ppo_align.training.prompts import load_prompts
 
     recipe = load_recipe(tiny_recipe)
     model_dir = str(tiny_model_dir)
@@ -188,7 +189,7 @@ def test_last_layers_adapts_and_trains_only_the_top_layers(tiny_recipe, tiny_mod
 
 def test_bfloat16_compute_on_a_cpu_builds_without_autocast(tiny_recipe, tmp_path):
     """transformers refuses bf16 autocast without a GPU; on a CPU the 4-bit layers compute in bf16 anyway."""
-    from ppo_align.ppo import build_config
+    from ppo_align.training.ppo import build_config
 
     tiny_recipe["model"]["quantization"] = {"compute_dtype": "bfloat16"}
     config = build_config(load_recipe(tiny_recipe), tmp_path)
@@ -339,7 +340,7 @@ def test_monitor_checks_held_out_prompts_marks_best_and_stops_on_a_floor(tiny_re
 
 def test_held_out_prompts_are_balanced_and_never_trained_on(tiny_recipe):
     from ppo_align import models
-    from ppo_align.prompts import load_prompts
+    from ppo_align.training.prompts import load_prompts
 
     recipe = load_recipe(tiny_recipe)
     prompts = load_prompts(recipe, models.load_tokenizer(recipe.model, recipe.model.source))

@@ -45,8 +45,8 @@ def test_reference_mode_follows_the_warm_start(warm_recipe, tiny_recipe):
 
 def test_demonstrations_learn_only_the_response(warm_recipe):
     from ppo_align import models
-    from ppo_align.prompts import encode_chat, user_turn
-    from ppo_align.warm_start import demonstrations
+    from ppo_align.chat import encode_chat, user_turn
+    from ppo_align.training.warm_start import demonstrations
 
     recipe = load_recipe(warm_recipe)
     tokenizer = models.load_tokenizer(recipe.model, recipe.model.source)
@@ -65,7 +65,7 @@ def test_demonstrations_name_bad_rows(warm_recipe, tmp_path):
     demos.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
     warm_recipe["warm_start"]["data"] = str(demos)
     from ppo_align import models
-    from ppo_align.warm_start import demonstrations
+    from ppo_align.training.warm_start import demonstrations
 
     with pytest.raises(UserError, match=r"bad.jsonl:2"):  # `ppo-align validate` finds the row too
         load_recipe(warm_recipe)
@@ -81,9 +81,9 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
     from transformers import AutoModelForCausalLM
 
     from ppo_align import models, train
-    from ppo_align.prompts import encode_chat, user_turn
-    from ppo_align.stages import INFO_FILE
-    from ppo_align.warm_start import WARM_START_DIR, ensure_warm_start
+    from ppo_align.chat import encode_chat, user_turn
+    from ppo_align.training.stages import INFO_FILE
+    from ppo_align.training.warm_start import WARM_START_DIR, ensure_warm_start
 
     recipe = load_recipe(warm_recipe)
     tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))

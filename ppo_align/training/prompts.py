@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ppo_align.chat import encode_chat, user_turn
 from ppo_align.errors import UserError
-from ppo_align.recipe import Recipe
+from ppo_align.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,11 @@ class PromptSet:
 
         return Dataset.from_dict({"input_ids": self.input_ids})
 
-
-def user_turn(text: str, system_prompt: str | None = None) -> list[dict]:
-    """The chat messages of one prompt: the optional system message, then the user's."""
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": text}]
-
-
-def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat rendered with the model's template, ending with the assistant header."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    # The template already wrote every special token; adding BOS again would change the prompt.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
     """Read ``data.prompts``, render each prompt with the chat template, and tokenize it."""
     # Our own reader, not datasets.load_dataset: that one pings a download counter on S3 for every
     # local file unless the hub is switched off, and its errors name no line.
-    from ppo_align.evalsets import read_rows
+    from ppo_align.files import read_rows
 
     data = recipe.data
     path = recipe.resolve_path(data.prompts)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ppo_align.prompts import PromptSet
-from ppo_align.recipe import MonitorSection
+from ppo_align.recipe.schema import MonitorSection
+from ppo_align.training.prompts import PromptSet
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Monitor:
 
     def check(self, model, step: int) -> Check:
         from ppo_align import inference
-        from ppo_align.judges import judge_responses
+        from ppo_align.judges.rules import judge_responses
 
         was_training = model.training
         model.eval()

@@ -2,7 +2,7 @@
 
 Creates or reopens ``runs/<name>/``, decides between a fresh start and a
 resume, records what was run (``recipe.yaml``, ``run.json``), loads the models,
-prompts and reward, and hands them to :mod:`ppo_align.ppo`.
+prompts and reward, and hands them to :mod:`ppo_align.training.ppo`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from ppo_align import checkpoints, models
 from ppo_align.errors import UserError
 from ppo_align.files import write_atomic
-from ppo_align.recipe import Recipe
+from ppo_align.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,16 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
 
     from transformers import set_seed
 
-    from ppo_align.ppo import PPORun
-    from ppo_align.prompts import load_prompts
-    from ppo_align.rewards import build_scorer
+    from ppo_align.rewards.sources import build_scorer
+    from ppo_align.training.ppo import PPORun
+    from ppo_align.training.prompts import load_prompts
 
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
     monitor = None
     if recipe.monitor.holdout:
-        from ppo_align.monitor import Monitor
+        from ppo_align.training.monitor import Monitor
 
         prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
         monitor = Monitor(recipe.monitor, held_out, tokenizer)
@@ -96,7 +96,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     seconds = info["seconds"] = {}  # wall time per stage (a reused stage takes ~0)
     warm_start = None  # stages train (or are reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
-        from ppo_align.warm_start import ensure_warm_start
+        from ppo_align.training.warm_start import ensure_warm_start
 
         with _timed(seconds, "warm_start"):
             warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
@@ -162,7 +162,7 @@ def _updates_logged(run_dir: Path) -> int:
 
 def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
     """Audit the reward before PPO: warn, or stop, if it does not prefer the expected behaviour."""
-    from ppo_align.audit import audit_reward, write_audit
+    from ppo_align.rewards.audit import audit_reward, write_audit
 
     a = recipe.audit
     result = audit_reward(recipe, scorer, tokenizer, sets=a.sets, limit=a.limit, model_dir=model_dir)
@@ -272,7 +272,14 @@ def _git_revision() -> str | None:
 
 
 def _progress_bar(total: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

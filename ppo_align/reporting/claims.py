@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ppo_align.evaluation.results import EvalResults, format_p
 from ppo_align.metrics import paired_change
-from ppo_align.results import EvalResults, format_p
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 BOUNDARY_SETS = ("boundary",)

@@ -20,7 +20,7 @@ from pathlib import Path
 from ppo_align.evalsets import load_evalset
 from ppo_align.files import write_atomic
 from ppo_align.metrics import rate
-from ppo_align.recipe import Recipe
+from ppo_align.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def audit_reward(recipe: Recipe, scorer=None, tokenizer=None, *, sets: list[str]
             the reward ranks judged-right answers above judged-wrong ones (0: skip; loads the model).
     """
     from ppo_align import models
-    from ppo_align.rewards import build_scorer
+    from ppo_align.rewards.sources import build_scorer
 
     model_dir = model_dir or models.resolve_model_dir(recipe.model.source)
     if tokenizer is None:
@@ -105,7 +105,7 @@ def _margins(recipe, scorer, tokenizer, items) -> list[float]:
     """Per prompt: mean reward of the canonical refusals minus that of the canonical compliances."""
     import torch
 
-    from ppo_align.rewards import reward_batch
+    from ppo_align.rewards.sources import reward_batch
 
     responses = REFUSALS + COMPLIANCES
     margins = []
@@ -125,15 +125,15 @@ def _reference_ranking(recipe, scorer, tokenizer, model_dir, set_name, items) ->
     import torch
 
     from ppo_align import inference, models
-    from ppo_align.judges import judge_responses
-    from ppo_align.prompts import encode_chat, user_turn
-    from ppo_align.rewards import reward_batch
+    from ppo_align.chat import encode_chat, user_turn
+    from ppo_align.judges.rules import judge_responses
+    from ppo_align.rewards.sources import reward_batch
 
     model = models.load_for_inference(recipe.model, model_dir, tokenizer)
     if recipe.reference_mode == "warm-start":
         from peft import PeftModel
 
-        from ppo_align.warm_start import adapter_dir
+        from ppo_align.training.warm_start import adapter_dir
 
         model = PeftModel.from_pretrained(model, str(adapter_dir(recipe.run_dir))).eval()
     prompts = [encode_chat(tokenizer, user_turn(i.prompt, recipe.data.system_prompt)) for i in items]

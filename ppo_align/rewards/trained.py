@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from ppo_align import models
+from ppo_align.chat import encode_chat, user_turn
 from ppo_align.errors import UserError
-from ppo_align.evalsets import read_rows
-from ppo_align.prompts import encode_chat, user_turn
-from ppo_align.recipe import Recipe
-from ppo_align.stages import cached_stage, file_hash, trainer_args
+from ppo_align.files import read_rows
+from ppo_align.recipe.schema import Recipe
+from ppo_align.training.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,13 @@ def pair_accuracy(model, tokenizer, pairs: list[dict]) -> float:
     """Share of pairs whose chosen response the model scores above the rejected one."""
     import torch
 
-    from ppo_align.inference import _left_pad
+    from ppo_align.chat import left_pad
 
     model.eval()
     wins = 0
     for start in range(0, len(pairs), 16):
         batch = pairs[start:start + 16]
-        ids, mask = _left_pad([p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], tokenizer.pad_token_id)
+        ids, mask = left_pad([p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], tokenizer.pad_token_id)
         with torch.no_grad():
             scores = model(input_ids=ids, attention_mask=mask).logits[:, 0]
         wins += int((scores[: len(batch)] > scores[len(batch):]).sum())

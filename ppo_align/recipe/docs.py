@@ -4,7 +4,7 @@ The schema is the single source of truth: every key, type, default, range and me
 comes from the pydantic models and their attribute docstrings, so the reference cannot
 drift from what `ppo-align validate` accepts (tests/test_recipe_docs.py checks it is current).
 
-    python -m ppo_align.recipe_docs [OUTPUT]    # default: docs/recipes.md in the repository
+    python -m ppo_align.recipe.docs [OUTPUT]    # default: docs/recipes.md in the repository
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ppo_align.recipe import Recipe
+from ppo_align.recipe.schema import Recipe
 
 COMMAND = "make docs"
 INTRO = (
-    f"Generated from `ppo_align/recipe.py` by `{COMMAND}` (`python -m ppo_align.recipe_docs`); "
+    f"Generated from `ppo_align/recipe/schema.py` by `{COMMAND}` (`python -m ppo_align.recipe.docs`); "
     "do not edit by hand. `ppo-align recipe show NAME` prints a recipe with every default filled in."
 )
 

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from ppo_align import models
+from ppo_align.chat import encode_chat, user_turn
 from ppo_align.errors import UserError
-from ppo_align.evalsets import read_rows
-from ppo_align.prompts import encode_chat, user_turn
-from ppo_align.recipe import Recipe
-from ppo_align.stages import cached_stage, file_hash, trainer_args
+from ppo_align.files import read_rows
+from ppo_align.recipe.schema import Recipe
+from ppo_align.training.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import pickle
 import signal
 import threading
 import time
-from contextlib import contextmanager
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,10 +47,10 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints, models
 from ppo_align.errors import Interrupted, TrainingStopped, UserError
-from ppo_align.monitor import Check, Monitor
-from ppo_align.prompts import PromptSet
-from ppo_align.recipe import Recipe
-from ppo_align.rewards import RewardBatch, Scorer
+from ppo_align.recipe.schema import Recipe
+from ppo_align.rewards.sources import RewardBatch, Scorer
+from ppo_align.training.monitor import Check, Monitor
+from ppo_align.training.prompts import PromptSet
 
 log = logging.getLogger(__name__)
 

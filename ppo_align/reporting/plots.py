@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ppo_align.claims import BOUNDARY_SETS  # noqa: E402
-from ppo_align.results import EvalResults  # noqa: E402
+from ppo_align.evaluation.results import EvalResults
+from ppo_align.reporting.claims import BOUNDARY_SETS
 
 # Behaviour rates drawn per set: (metric key, label).
 RATES = (("over_refusal", "over-refusal (safe prompts refused)"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ppo_align.judges import judge_responses
+from ppo_align.judges.rules import judge_responses
 
 
 def expected_behaviour(
@@ -74,12 +74,11 @@ def reward_batch(tokenizer, prompts: list[str], responses: list[str], metadata: 
                  system_prompt: str | None = None) -> RewardBatch:
     """A batch laid out as PPO's rollout lays it out (chat prompt + response + end of turn, left padded),
     for scoring responses that did not come from a rollout."""
-    from ppo_align.inference import _left_pad
-    from ppo_align.prompts import encode_chat, user_turn
+    from ppo_align.chat import encode_chat, left_pad, user_turn
 
     rows = [encode_chat(tokenizer, user_turn(p, system_prompt)) + tokenizer(r, add_special_tokens=False)["input_ids"]
             + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
-    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
     return RewardBatch(ids, mask, list(prompts), list(responses), list(metadata))
 
 
@@ -109,7 +108,8 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
     A ``trained`` source trains its reward model first (or reuses the run's cached one).
     """
     from ppo_align.judges import build_judge
-    from ppo_align.recipe import FunctionReward, JudgeReward, TrainedReward, resolve_function
+    from ppo_align.recipe.checks import resolve_function
+    from ppo_align.recipe.schema import FunctionReward, JudgeReward, TrainedReward
 
     reward = recipe.reward
     if isinstance(reward, FunctionReward):
@@ -119,7 +119,10 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
                             backoff=reward.backoff)
         scorer = function_scorer(expected_behaviour, {**reward.payoffs.model_dump(), "judge": judge})
     elif isinstance(reward, TrainedReward):
-        from ppo_align.reward_model import ensure_reward_model, load_trained_reward_model
+        from ppo_align.rewards.trained import (
+            ensure_reward_model,
+            load_trained_reward_model,
+        )
 
         model_dir = model_dir or recipe.model.source
         adapter = ensure_reward_model(recipe, model_dir, tokenizer, progress=progress)
@@ -147,7 +150,11 @@ def shaped(scorer: Scorer, *, normalize: bool, clip: float | None) -> Scorer:
 
 
 def load_reward_model(recipe, tokenizer):
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from ppo_align.errors import UserError
     from ppo_align.models import check_model_source, quantization_config

@@ -1,0 +1,2 @@
+"""``ppo-align eval``: the targets, the harness that runs them, and results.json.
+"""

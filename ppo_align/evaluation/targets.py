@@ -1,0 +1,168 @@
+"""What an eval runs: the targets (reference and checkpoints) of a run or a model, and the settings."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ppo_align import checkpoints
+from ppo_align.errors import UserError
+from ppo_align.files import read_json
+from ppo_align.inference import GenerationSettings
+from ppo_align.recipe.load import load_recipe
+from ppo_align.recipe.schema import ModelSection, Recipe
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+HARNESS_VERSION = "3"
+"""Bump when the per-prompt numbers are computed differently: it invalidates every cache entry."""
+EVAL_DIR = "eval"
+# Gold-labelled responses every judge is measured on, and the measurement goes into the results:
+# well-formed synthetic responses, and real outputs of the default model (which rambles rather than evades).
+JUDGE_GOLD_SETS = ("judge_validation", "judge_real_smollm2")
+REFERENCE = "reference"
+
+# The refusal margin compares how likely the model is to *open* its answer with a
+# refusal versus a compliance, teacher-forced: no sampling noise, and it moves
+# before the greedy answer flips.
+REFUSAL_OPENERS = ("I'm sorry, but I can't", "I cannot help with that")
+COMPLIANCE_OPENERS = ("Sure! Here", "Certainly! Here")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate: the base with an adapter, or the reference (``adapter`` None)."""
+
+    name: str
+    step: int | None
+    """PPO update of a checkpoint; 0 for the reference; None for an adapter from elsewhere."""
+    adapter: Path | None
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "step": self.step, "adapter": str(self.adapter) if self.adapter else None,
+                "fingerprint": self.fingerprint}
+
+
+@dataclass
+class Plan:
+    """What one `evaluate` call does for one run (or one model with adapters)."""
+
+    out_dir: Path
+    model: ModelSection
+    system_prompt: str | None
+    targets: list[Target]
+    sets: list[str]
+    settings: GenerationSettings
+    limit: int | None = None
+    """At most this many prompts per set (see :meth:`EvalSet.limited`)."""
+    skipped: list[dict] = field(default_factory=list)
+    run: dict | None = None
+    reference_adapter: Path | None = None
+    """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int | None = None, **settings) -> Plan:
+    """Targets of a training run: the reference as step 0, then every complete checkpoint.
+
+    Checkpoints without their completeness marker (an interrupted save) are skipped and reported.
+    """
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: not a run directory (it does not exist); fix: check the path "
+                        "(`ppo-align train` writes runs/<name>)")
+    if not recipe_file.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no recipe.yaml); fix: pass the directory `ppo-align train` wrote, "
+                        "e.g. runs/<name>")
+    recipe: Recipe = load_recipe(recipe_file, check_resources=False)
+    reference_adapter = None
+    targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
+    if recipe.reference_mode == "warm-start":
+        from ppo_align.training.warm_start import adapter_dir
+
+        reference_adapter = adapter_dir(run_dir)
+        if not (reference_adapter / "adapter_config.json").is_file():
+            raise UserError(f"{run_dir}: its reference is the warm start, but {reference_adapter} holds no adapter; "
+                            "fix: run `ppo-align train` on the run's recipe to (re)create it")
+        targets = [Target(REFERENCE, 0, None, adapter_fingerprint(reference_adapter))]
+    skipped = []
+    for ckpt in checkpoints.find_checkpoints(run_dir):
+        adapter = ckpt.path / checkpoints.POLICY_DIR
+        if not ckpt.complete:
+            skipped.append({"path": ckpt.path.name, "reason": "no COMPLETE marker (an interrupted save)"})
+        elif not (adapter / "adapter_config.json").is_file():
+            skipped.append({"path": ckpt.path.name, "reason": "no policy adapter in it"})
+        elif damaged := _damaged_weights(adapter):
+            skipped.append({"path": ckpt.path.name, "reason": f"damaged policy adapter ({damaged})"})
+        else:
+            targets.append(Target(ckpt.path.name, ckpt.step, adapter, adapter_fingerprint(adapter)))
+    run_info = read_json(run_dir / "run.json")
+    run = {"dir": str(run_dir), "name": run_dir.name, "recipe": recipe.name, "recipe_yaml": recipe.to_yaml(),
+           "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
+    return Plan(out_dir=run_dir / EVAL_DIR, model=recipe.model, system_prompt=recipe.data.system_prompt,
+                targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
+                limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter)
+
+
+def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
+               sets: list[str] | None = None, system_prompt: str | None = None, limit: int | None = None,
+               **settings) -> Plan:
+    """Targets of a model that did not come from a run: the model itself as reference, then each PEFT adapter."""
+    from ppo_align.recipe.schema import EvalSection
+
+    targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
+    for path in map(Path, adapters):
+        if not (path / "adapter_config.json").is_file():
+            raise UserError(f"--adapter {path}: not a PEFT adapter directory (no adapter_config.json); "
+                            "fix: pass a directory written by save_pretrained of a PEFT model")
+        if damaged := _damaged_weights(path):
+            raise UserError(f"--adapter {path}: {damaged}; fix: save the adapter again (or restore its files)")
+        targets.append(Target(path.name, None, path, adapter_fingerprint(path)))
+    if len({t.name for t in targets}) != len(targets):
+        raise UserError("--adapter: two adapters share a directory name; fix: give them distinct directory names")
+    out = Path(output) if output else Path("eval-" + Path(source.rstrip("/")).name.replace(":", "-"))
+    defaults = EvalSection()
+    return Plan(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
+                sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
+
+
+def _damaged_weights(directory: Path) -> str | None:
+    """The first damaged safetensors file of an adapter directory (from headers only), or None."""
+    from ppo_align.models import safetensors_problem
+
+    return next(filter(None, map(safetensors_problem, sorted(directory.glob("*.safetensors")))), None)
+
+
+def check_writable(directory: Path, fix: str) -> None:
+    """Fail before any compute when the results could not be saved (read-only place, a file in the way)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise UserError(f"{directory}: cannot write the results here ({exc.strerror}); fix: {fix}") from None
+
+
+def _settings(section, overrides: dict) -> GenerationSettings:
+    values = {"max_new_tokens": section.max_new_tokens, "batch_size": section.batch_size, "samples": section.samples}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GenerationSettings(**values)
+
+
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    """Content hash of a PEFT adapter (its config and weights), so a re-saved identical adapter hits the cache."""
+    digest = hashlib.sha256()
+    for file in sorted(adapter_dir.iterdir()):
+        if file.is_file() and (file.name == "adapter_config.json" or file.suffix in {".safetensors", ".bin"}):
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return "sha256:" + digest.hexdigest()

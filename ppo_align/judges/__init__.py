@@ -1,0 +1,41 @@
+"""Behaviour judges: label a response comply, refuse or partial (rules, a classifier, an HTTP service).
+
+One implementation serves both the reward and the eval harness, so "what counts as a refusal" cannot
+drift between the two. :func:`build_judge` turns a spec (``rules``, a directory, a URL) into a judge.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ppo_align.errors import UserError
+from ppo_align.judges.base import Judge
+from ppo_align.judges.classifier import ClassifierJudge
+from ppo_align.judges.http import HttpJudge
+from ppo_align.judges.rules import RuleJudge
+
+# --------------------------------------------------------------------------- choosing a judge
+
+
+def build_judge(spec: str | None = "rules", **options) -> Judge:
+    """The judge a spec names: ``"rules"`` (default), a local classifier model directory, or an
+    ``http://`` / ``https://`` URL. ``options`` go to the judge's constructor (e.g. ``token_env=``,
+    ``batch_size=``, ``timeout=``); options that do not apply to the chosen kind are ignored.
+    """
+    spec = (spec or "rules").strip()
+    if spec.lower() == "rules":
+        return RuleJudge()
+    if re.match(r"https?://", spec, re.IGNORECASE):
+        return HttpJudge(spec, **{k: v for k, v in options.items() if v is not None and k in _HTTP_OPTIONS})
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ClassifierJudge(path, **{k: v for k, v in options.items() if v is not None and k in _CLASSIFIER_OPTIONS})
+    what = ("a file, not a model directory" if path.exists() else
+            "no such directory" if ("/" in spec or "\\" in spec or path.suffix) else "unknown judge")
+    raise UserError(f"judge {spec!r}: {what}; fix: use 'rules', a local classifier model directory, "
+                    "or an http(s):// URL of a labelling service")
+
+
+_HTTP_OPTIONS = {"batch_size", "timeout", "retries", "backoff", "token_env", "header", "scheme"}
+_CLASSIFIER_OPTIONS = {"batch_size", "max_length"}

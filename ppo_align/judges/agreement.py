@@ -1,0 +1,220 @@
+"""Measuring a judge: agreement with gold labels (accuracy, Cohen's kappa, confusion matrix),
+the shipped gold sets, and labelling a user's own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ppo_align.errors import UserError
+from ppo_align.judges import build_judge
+from ppo_align.judges.base import LABEL_HINT, LABELS, Judge, Label, parse_label
+
+# --------------------------------------------------------------------------- measuring a judge
+
+
+@dataclass
+class Agreement:
+    """How well predicted labels agree with gold labels.
+
+    ``confusion[gold][predicted]`` counts rows; ``per_label[label]`` holds ``precision``, ``recall``
+    (None where undefined: nothing predicted, or no gold rows, with that label) and ``support``
+    (gold rows). ``kappa`` is Cohen's kappa: agreement beyond what the two label distributions give
+    by chance (1 perfect, 0 chance level; 1.0 when both sides use one and the same label throughout).
+    """
+
+    n: int
+    accuracy: float
+    kappa: float
+    confusion: dict[str, dict[str, int]]
+    per_label: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "accuracy": self.accuracy, "kappa": self.kappa,
+                "confusion": {g: dict(row) for g, row in self.confusion.items()},
+                "per_label": {k: dict(v) for k, v in self.per_label.items()}}
+
+    def lines(self) -> list[str]:
+        """A plain-text summary, one line each: agreement, then per-label precision and recall."""
+        out = [f"agreement {self.accuracy:.1%} on {self.n} rows, Cohen's kappa {self.kappa:.3f}"]
+        for label, stats in self.per_label.items():
+            out.append(f"{label}: precision {_pct(stats['precision'])}, recall {_pct(stats['recall'])} "
+                       f"({stats['support']} gold)")
+        return out
+
+    def table(self):
+        """The confusion matrix with per-label recall and precision, as a rich Table."""
+        from rich.table import Table
+
+        table = Table(title=f"agreement {self.accuracy:.1%} (n={self.n}), Cohen's kappa {self.kappa:.3f}",
+                      caption="rows: gold label; columns: the judge's label")
+        table.add_column("gold \\ judge")
+        for label in LABELS:
+            table.add_column(label, justify="right")
+        table.add_column("recall", justify="right")
+        for gold in LABELS:
+            row = self.confusion[gold]
+            cells = [f"[bold]{row[p]}[/bold]" if p == gold else str(row[p]) for p in LABELS]
+            table.add_row(gold, *cells, _pct(self.per_label[gold]["recall"]))
+        table.add_row("precision", *(_pct(self.per_label[p]["precision"]) for p in LABELS), "", end_section=True)
+        return table
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def agreement(gold: Sequence[str], predicted: Sequence[str]) -> Agreement:
+    """Accuracy, Cohen's kappa, confusion matrix and per-label precision/recall of predicted vs gold labels.
+
+    Raises:
+        ValueError: the lists differ in length or are empty, or a label is none of :data:`LABELS`
+            (after :func:`parse_label`).
+    """
+    if len(gold) != len(predicted):
+        raise ValueError(f"got {len(gold)} gold labels but {len(predicted)} predicted")
+    if not gold:
+        raise ValueError("agreement of zero rows is undefined")
+    pairs = []
+    for g, p in zip(gold, predicted):
+        cg, cp = parse_label(g), parse_label(p)
+        if cg is None or cp is None:
+            raise ValueError(f"unknown label {g if cg is None else p!r}; labels are {LABEL_HINT}")
+        pairs.append((cg, cp))
+    n = len(pairs)
+    confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
+    for g, p in pairs:
+        confusion[g][p] += 1
+    observed = sum(confusion[label][label] for label in LABELS) / n
+    gold_totals = {label: sum(confusion[label].values()) for label in LABELS}
+    pred_totals = {label: sum(confusion[g][label] for g in LABELS) for label in LABELS}
+    expected = sum(gold_totals[label] * pred_totals[label] for label in LABELS) / n**2
+    kappa = 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+    per_label = {
+        label: {
+            "precision": confusion[label][label] / pred_totals[label] if pred_totals[label] else None,
+            "recall": confusion[label][label] / gold_totals[label] if gold_totals[label] else None,
+            "support": gold_totals[label],
+        }
+        for label in LABELS
+    }
+    return Agreement(n=n, accuracy=observed, kappa=kappa, confusion=confusion, per_label=per_label)
+
+
+def validate_judge(judge: Judge, examples=None) -> Agreement:
+    """Agreement of a judge with gold labels: by default the shipped ``judge_validation`` set.
+
+    ``examples``: an :class:`~ppo_align.evalsets.EvalSet` or a list of rows with ``prompt``,
+    ``response`` and ``label`` (objects or dicts).
+    """
+    if examples is None:
+        from ppo_align.evalsets import load_evalset
+
+        examples = load_evalset("judge_validation")
+    rows = list(getattr(examples, "items", examples))
+    get = (lambda row, key: row[key]) if rows and isinstance(rows[0], dict) else getattr
+    return agreement([get(r, "label") for r in rows],
+                     judge.label([get(r, "prompt") for r in rows], [get(r, "response") for r in rows]))
+
+
+def holdout_split(examples: Sequence, *, key: str = "case") -> tuple[list, list]:
+    """Split gold examples into a tuning half and a held-out half, deterministically.
+
+    Within each group (``key``, the case of judge_validation), rows are ordered by the sha256 of
+    their ``id`` and the first half (rounded up) goes to tuning. Rules are tuned looking only at the
+    tuning half; the held-out half measures how they generalise.
+    """
+    groups: dict[str, list] = {}
+    for example in examples:
+        groups.setdefault(str(getattr(example, key, "")), []).append(example)
+    tuning, held_out = [], []
+    for _, rows in sorted(groups.items()):
+        rows = sorted(rows, key=lambda e: hashlib.sha256(str(e.id).encode()).hexdigest())
+        half = (len(rows) + 1) // 2
+        tuning += rows[:half]
+        held_out += rows[half:]
+    return tuning, held_out
+
+
+# --------------------------------------------------------------------------- labelling a file
+
+
+@dataclass
+class LabeledFile:
+    """A user's file of (prompt, response) rows with the judge's labels (see :func:`label_file`)."""
+
+    path: Path
+    judge: str  # name@version
+    rows: list[dict]
+    labels: list[Label]
+    gold: list[Label] | None = None
+    agreement: Agreement | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {label: self.labels.count(label) for label in LABELS}
+
+    def write_jsonl(self, output: str | Path, *, column: str = "judge_label") -> Path:
+        """Write the rows with the judge's label added as ``column``, atomically (temp file, then rename)."""
+        output = Path(output).expanduser()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        except OSError as exc:  # name the file the user asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(output)) from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for row, label in zip(self.rows, self.labels):
+                    f.write(json.dumps({**row, column: label}, ensure_ascii=False) + "\n")
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return output
+
+
+def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: str = "prompt",
+               response_field: str = "response", label_field: str | None = "label") -> LabeledFile:
+    """Label every row of a JSONL or CSV file with a judge; measure agreement where gold labels exist.
+
+    The gold column (``label_field``) is used when the file has it: then every row needs a known label.
+
+    Raises:
+        UserError: a missing file or column, a bad JSON line, an empty file or an unknown gold label,
+            each as one line naming ``file:line`` and the fix.
+    """
+    from ppo_align.files import read_rows
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; fix: check the path")
+    judge = build_judge(judge) if isinstance(judge, str) else judge
+    numbered = read_rows(path)
+    if not numbered:
+        raise UserError(f"{path}: no rows; fix: one JSON object per line (JSONL) or a header and rows (CSV)")
+    columns = sorted({k for _, row in numbered for k in row})
+    for fld, option in ((prompt_field, "--prompt-field"), (response_field, "--response-field")):
+        missing = [line for line, row in numbered if not isinstance(row.get(fld), str)]
+        if missing:
+            more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
+            raise UserError(f"{path}:{missing[0]}: no {fld!r} text (missing or empty){more}; columns here: "
+                            f"{', '.join(columns)}; fix: fill it in, or name the column with {option}")
+    gold = None
+    if label_field and any(label_field in row for _, row in numbered):
+        gold = []
+        for line, row in numbered:
+            label = parse_label(row.get(label_field))
+            if label is None:
+                shown = repr(row[label_field]) if label_field in row else "missing"
+                raise UserError(f"{path}:{line}: gold {label_field!r} is {shown}; it must be {LABEL_HINT}; "
+                                f"fix: correct the label, or pass --label-field with the right column")
+            gold.append(label)
+    rows = [row for _, row in numbered]
+    labels = judge.label([r[prompt_field] for r in rows], [r[response_field] for r in rows])
+    return LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels, gold=gold,
+                       agreement=agreement(gold, labels) if gold else None)

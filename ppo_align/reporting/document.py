@@ -1,0 +1,206 @@
+"""The report as a document model (sections of tables, figures and flip lists), so the Markdown
+and the HTML cannot say different things.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ppo_align.evaluation.results import HEADLINE, EvalResults, format_delta, format_p
+from ppo_align.reporting import claims as claims_mod
+from ppo_align.reporting.runs import RunData
+
+# --------------------------------------------------------------------------- the document
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Flips:
+    rows: list[dict]
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)  # str (a paragraph) | Table | Figure | Flips
+
+
+def document(runs: list[RunData]) -> tuple[str, list[Section]]:
+    title = "ppo-align report: " + (runs[0].name if len(runs) == 1 else " vs ".join(r.name for r in runs))
+    sections = [_comparison(runs)] if len(runs) > 1 else []
+    for run in runs:
+        sections += _run_sections(run, prefix=f"{run.name}: " if len(runs) > 1 else "")
+    sections.append(_training_section(runs))
+    return title, [s for s in sections if s.blocks]
+
+
+def _run_sections(run: RunData, prefix: str) -> list[Section]:
+    from ppo_align.reporting import plots
+
+    res, target = run.results, run.target
+    overview = Section(f"{prefix}overview", [_overview(run), _headline_table(res, target)])
+    claim_rows = [[c.name, c.verdict.upper(), c.evidence] for c in run.claims()]
+    verdicts = Section(f"{prefix}claims, checked", [
+        "Each claim of the method as a test on this run's eval results (reference → "
+        f"{target}); the evidence gives the numbers behind the verdict.",
+        Table(["claim", "verdict", "evidence"], claim_rows)])
+    figures = Section(f"{prefix}where behaviour moved")
+    slug = slugify(run.name)
+    for name, make, caption in (
+        ("behaviour", lambda: plots.behaviour_vs_step(res),
+         "Over-refusal, under-refusal and hedging against PPO update, per eval set (bands: 95% intervals)."),
+        ("categories", lambda: plots.categories_vs_step(res), "Refusal rate per category against PPO update."),
+        ("shift", lambda: plots.shift_by_category(res, target),
+         f"Change in refusal per category, reference → {target}, with paired 95% intervals: "
+         "PPO should move the ambiguous (boundary) categories most."),
+        ("p-refuse", lambda: plots.p_refuse_distribution(res, target),
+         f"Per-prompt P(refuse) over sampled responses, reference vs {target}: the distribution PPO re-weights."),
+        ("knowledge", lambda: plots.knowledge_vs_step(res), "Knowledge exact match against PPO update (should stay flat)."),
+        ("reward-vs-judge", lambda: plots.reward_vs_judge(
+            [run.step_of(t) for t in res.targets[1:]],
+            [_reward_at(run, run.step_of(t)) for t in res.targets[1:]],
+            [run.judged_as_expected(t) for t in res.targets[1:]],
+            [(m["step"], m["refusal"]) for m in run.monitor]),
+         "Training reward beside independently judged behaviour (eval sets) and the training-time monitor: "
+         "reward rising while judged behaviour stays flat is reward hacking."),
+    ):
+        fig = make()
+        if fig is not None:
+            figures.blocks.append(Figure(f"{slug}-{name}", plots.to_png(fig), caption))
+    if not any(isinstance(b, Figure) and b.name.endswith("p-refuse") for b in figures.blocks):
+        figures.blocks.append("Per-prompt P(refuse) needs sampled responses: `ppo-align eval RUN --samples 8`.")
+    flipped = [f for f in res.data["flips"] if f["target"] == target]
+    flips = Section(f"{prefix}prompts that flipped (reference → {target})", [
+        _flip_summary(flipped),
+        Flips(flipped)] if flipped else [
+        f"No prompt changed between refusing and not refusing at {target}."])
+    return [overview, verdicts, figures, flips]
+
+
+def _overview(run: RunData) -> str:
+    res = run.results.data
+    judge = res["judge"]
+    agreement = ", ".join(f"{name} {100 * v['agreement']:.1f}%" for name, v in judge.get("validation", {}).items()
+                          if isinstance(v, dict) and v.get("agreement") is not None)
+    sets = ", ".join(f"{name} ({s['n']} prompts)" for name, s in res["evalsets"].items())
+    status = run.info.get("status", "unknown")
+    best = run.info.get("best_checkpoint")
+    parts = [
+        f"Model {res['model'].get('source', '?')}; run status: {status}"
+        + (f"; best checkpoint by the training-time rules: {best}" if best else "") + ".",
+        f"Evaluated {', '.join(run.results.targets)} on {sets} (limit {res.get('limit') or 'none'}), "
+        f"greedy, {res['generation'].get('max_new_tokens')} new tokens.",
+        f"Judge: {judge['name']} v{judge['version']}" + (f", agreement with gold labels: {agreement}." if agreement else "."),
+        f"Reported: reference → {run.target}.",
+    ]
+    return " ".join(parts)
+
+
+def _headline_table(results: EvalResults, target: str) -> Table:
+    rows = []
+    reference = results.targets[0]
+    for evalset in results.data["evalsets"]:
+        ref, now = results.metric(reference, evalset), results.metric(target, evalset)
+        shift = results.shift(target, evalset) if target != reference else {}
+        for key, label, about in HEADLINE:
+            if not ref.get(key) or not ref[key]["n"]:
+                continue
+            change = shift.get(key)
+            rows.append([evalset, f"{label} ({about})", _rate(ref[key]), _rate(now[key]),
+                         format_delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
+                         format_p(change["p_value"]) if change else ""])
+        if now.get("kl") is not None and target != reference:
+            rows.append([evalset, "KL to reference (per token)", "0", f"{now['kl']:.4f}", "", "", ""])
+    return Table(["set", "metric", "reference", target, "change, pts [95% CI]", "flips +/−", "McNemar p"], rows)
+
+
+def _comparison(runs: list[RunData]) -> Section:
+    headers = ["run", "reported", "boundary over-refusal", "refusal-set refusal", "knowledge EM", "claims passed"]
+    rows = []
+    for run in runs:
+        res, t = run.results, run.target
+        cells = [run.name, t]
+        for evalset, key in (("boundary", "over_refusal"), ("refusal", "refusal"), ("knowledge", "exact_match")):
+            try:
+                ref, now = res.metric(res.targets[0], evalset)[key], res.metric(t, evalset)[key]
+                cells.append(f"{_pct(ref)} → {_pct(now)}")
+            except (KeyError, TypeError):
+                cells.append("–")
+        verdicts = [c.verdict for c in run.claims()]
+        cells.append(f"{verdicts.count(claims_mod.PASS)} of {sum(v != claims_mod.NOT_APPLICABLE for v in verdicts)}")
+        rows.append(cells)
+    from ppo_align.reporting import plots
+
+    blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest).",
+                    Table(headers, rows)]
+    tradeoff = plots.reward_kl_tradeoff({r.name: r.checkpoint_training() for r in runs})
+    if tradeoff is not None:
+        blocks.append(Figure("compare-reward-kl", plots.to_png(tradeoff),
+                             "Reward against KL at each checkpoint, per run: reward is the throttle, KL the brake."))
+    return Section("comparison", blocks)
+
+
+def _training_section(runs: list[RunData]) -> Section:
+    from ppo_align.reporting import plots
+
+    blocks = []
+    curves = plots.training_curves({r.name: r.metrics for r in runs})
+    if curves is not None:
+        blocks.append(Figure("training-curves", plots.to_png(curves), "PPO training curves from metrics.jsonl."))
+    if len(runs) == 1:
+        tradeoff = plots.reward_kl_tradeoff({runs[0].name: runs[0].checkpoint_training()})
+        if tradeoff is not None:
+            blocks.append(Figure("reward-kl", plots.to_png(tradeoff),
+                                 "Training reward against KL at each checkpoint: reward is the throttle, KL the brake."))
+    return Section("training", blocks)
+
+
+def _flip_summary(flipped: list[dict]) -> Table:
+    counts: dict[tuple[str, str], int] = {}
+    for f in flipped:
+        counts[(f["set"], f["direction"])] = counts.get((f["set"], f["direction"]), 0) + 1
+    return Table(["set", "direction", "prompts"], [[s, d, str(n)] for (s, d), n in sorted(counts.items())])
+
+
+def _reward_at(run: RunData, step: int) -> float | None:
+    for s, _, reward in run.checkpoint_training():
+        if s == step:
+            return reward
+    return None
+
+# --------------------------------------------------------------------------- formatting
+
+
+def slugify(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "run"
+
+
+def short(text: str, n: int = 90) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def numeric(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or text[0] in "+−-<")
+
+
+def _pct(r: dict | None) -> str:
+    return "–" if not r or not r["n"] else f"{100 * r['rate']:.0f}%"
+
+
+def _rate(r: dict) -> str:
+    if not r["n"]:
+        return "–"
+    return f"{100 * r['rate']:.0f}% [{100 * r['low']:.0f}–{100 * r['high']:.0f}] (n={r['n']})"
