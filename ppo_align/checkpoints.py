@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ppo_align.rundir import CHECKPOINT_NAME, RunDir
 
 COMPLETE = "COMPLETE"
 PROGRESS = "progress.json"
 POLICY_DIR = "policy"
 VALUE_DIR = "value"
 STATE_DIR = "state"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Checkpoint:
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"checkpoint-{step}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def find_checkpoints(run_dir: Path) -> list[Checkpoint]:
@@ -56,7 +56,7 @@ def find_checkpoints(run_dir: Path) -> list[Checkpoint]:
     found = []
     if run_dir.is_dir():
         for child in run_dir.iterdir():
-            match = _NAME.match(child.name)
+            match = CHECKPOINT_NAME.match(child.name)
             if match and child.is_dir():
                 found.append(Checkpoint(child, int(match.group(1))))
     return sorted(found, key=lambda c: c.step)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppo_align import __version__
+from ppo_align import __version__, processes
 from ppo_align.errors import Interrupted, UserError
 
 app = typer.Typer(
@@ -143,48 +143,15 @@ def train(
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
     if num_processes > 1:
-        _relaunch_in_processes(num_processes)
+        raise typer.Exit(processes.relaunch_in_processes(num_processes, sys.argv[1:]))
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)
-    if _worker_process():
+    if processes.is_worker_process():
         return
     if result.stopped_by:
         out.print(f"[yellow]{result.stopped_by}[/yellow]")
     out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
                                                       if result.best else ""))
-
-
-def _worker_process() -> bool:
-    """One of several processes other than the first: the first one reports."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) > 0
-
-
-def _relaunch_in_processes(num_processes: int) -> None:
-    """Run this same command again in ``num_processes`` processes (accelerate launch on GPUs, torchrun on CPU),
-    and exit with its code."""
-    import os
-    import subprocess
-
-    import torch
-
-    args, rest = [], iter(sys.argv[1:])
-    for arg in rest:  # the same command line without --num-processes N / --num-processes=N
-        if arg == "--num-processes":
-            next(rest, None)
-        elif not arg.startswith("--num-processes="):
-            args.append(arg)
-    env = dict(os.environ)
-    if torch.cuda.is_available() and torch.cuda.device_count() >= num_processes:
-        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    else:
-        # accelerate's own launcher needs MPI for several CPU processes; torchrun (which it wraps for GPUs)
-        # starts them directly, and accelerate then joins them with the gloo backend.
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes)]
-        env["ACCELERATE_USE_CPU"] = "true"
-    raise typer.Exit(subprocess.run([sys.executable, *launcher, "-m", "ppo_align.cli", *args], env=env).returncode)
 
 
 @app.command("plan")
@@ -203,27 +170,17 @@ def plan_command(
 
     Example: `ppo-align plan smollm2-refusal-boundary --memory 8GiB --set ppo.per_device_train_batch_size=8`.
     """
-    from ppo_align.planning import GiB, parse_memory, plan_memory
+    from ppo_align.planning import parse_memory, plan_memory
     from ppo_align.recipe.load import load_recipe
 
     if device not in (None, "cpu", "cuda"):
         raise UserError(f"--device {device!r}: unknown; fix: use cpu or cuda")
     loaded = load_recipe(recipe, overrides, check_resources=False)
-    plan = plan_memory(loaded, available=parse_memory(memory) if memory else None, device=device)
-    table = Table("component", "GiB", "what", box=None)
-    for c in plan.components:
-        table.add_row(c.name, f"{c.bytes / GiB:.2f}", c.note)
-    table.add_row("[bold]total[/bold]", f"[bold]{plan.total / GiB:.2f}[/bold]", f"estimated peak on {plan.device}")
-    out.print(table)
-    if plan.fits is None:
-        out.print("could not tell how much memory this device has; pass --memory SIZE")
-    elif plan.fits:
-        out.print(f"[green]fits[/green] in {plan.available / GiB:.1f} GiB ({plan.total / plan.available:.0%} of it)")
-    else:
-        out.print(f"[red]does not fit[/red] in {plan.available / GiB:.1f} GiB; to fit, lower ppo.per_device_train_batch_size "
-                  "or ppo.local_rollout_forward_batch_size, shorten data.max_prompt_length, or set "
-                  "model.gradient_checkpointing: true")
-        raise typer.Exit(1)
+    memory_plan = plan_memory(loaded, available=parse_memory(memory) if memory else None, device=device)
+    out.print(memory_plan.table())
+    out.print(memory_plan.verdict())
+    if memory_plan.exit_code:
+        raise typer.Exit(memory_plan.exit_code)
 
 
 @app.command("audit-reward")
@@ -256,9 +213,8 @@ def audit_reward_command(
                   f"{row['wrong_answers']} wrong; reward ranks right above wrong "
                   + (f"{ranked:.0%} of pairs" if ranked is not None else "(no pairs to rank)"))
     out.print(f"written: {write_audit(result, loaded.run_dir)}")
-    worst = result.worst
-    if worst["prefers_expected"]["rate"] < loaded.audit.min_accuracy:
-        out.print(f"[red]below audit.min_accuracy ({loaded.audit.min_accuracy:.0%}) on {worst['set']}[/red]")
+    if not result.passed(loaded.audit.min_accuracy):
+        out.print(f"[red]below audit.min_accuracy ({loaded.audit.min_accuracy:.0%}) on {result.worst['set']}[/red]")
         raise typer.Exit(1)
 
 
@@ -294,24 +250,17 @@ def eval_command(
     from ppo_align.judges import build_judge
 
     if num_processes > 1:
-        _relaunch_in_processes(num_processes)
+        raise typer.Exit(processes.relaunch_in_processes(num_processes, sys.argv[1:]))
     results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
                        sets=sets or None, judge=build_judge(judge, token_env=token_env), full_precision=full_precision, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, samples=samples, seed=seed, limit=limit,
                        progress=sys.stderr.isatty())
-    if _worker_process():
+    if processes.is_worker_process():
         return
     for result in results if isinstance(results, list) else [results]:
-        for skipped in result.data["skipped"]:
+        for skipped in result.data["skipped"]:  # warnings about the inputs: stderr, apart from the results
             err.print(f"[yellow]skipped[/yellow] {skipped['path']}: {escape(skipped['reason'])}", soft_wrap=True)
-        out.print(result.headline())
-        latest = [f for f in result.data["flips"] if f["target"] == result.latest]
-        if latest:
-            out.print(f"{len(latest)} prompts changed refusal between the reference and {result.latest} "
-                      "(both responses of each under \"flips\" in results.json)", highlight=False)
-        computed = len(result.data["computed"])
-        out.print(f"[green]done[/green]: {result.path} ({computed} target×set evaluations computed, "
-                  f"{len(result.targets) * len(result.data['evalsets']) - computed} reused from the cache)")
+        out.print(result.summary())
 
 
 @app.command("report")

@@ -14,7 +14,6 @@ interrupted conversion never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppo_align.errors import UserError
+from ppo_align.files import digest
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,7 @@ def cache_root() -> Path:
 
 
 def fingerprint(gguf_path: Path) -> str:
-    digest = hashlib.sha256(f"converter={CONVERTER_VERSION}\n".encode())
-    with gguf_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return digest(f"converter={CONVERTER_VERSION}\n", files=[gguf_path]).hexdigest()
 
 
 def ensure_embedded_model(source: str, cache_dir: Path | None = None) -> Path:

@@ -11,7 +11,6 @@ Prompt sets (refusal, boundary, knowledge, benign) hold :class:`EvalItem` rows;
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ppo_align.errors import UserError
-from ppo_align.files import file_sha256, read_rows
+from ppo_align.files import digest, file_sha256, read_rows
 from ppo_align.resources import shipped_dir
 
 MANIFEST = "manifest.yaml"
@@ -94,8 +93,8 @@ class EvalSet:
                 if twin is not None:
                     chosen[twin.id] = twin
         items = [item for item in self.items if item.id in chosen]
-        digest = hashlib.sha256((self.sha256 + "\n" + "\n".join(i.id for i in items)).encode()).hexdigest()
-        return EvalSet(name=self.name, version=f"{self.version}, {len(items)} of {len(self.items)}", sha256=digest,
+        subset_hash = digest(self.sha256 + "\n" + "\n".join(i.id for i in items)).hexdigest()
+        return EvalSet(name=self.name, version=f"{self.version}, {len(items)} of {len(self.items)}", sha256=subset_hash,
                        path=self.path, items=items)
 
 

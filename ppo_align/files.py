@@ -13,6 +13,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 from ppo_align.errors import UserError
 
@@ -29,7 +30,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write(): say which file
+        # ENOSPC from write() names no file, a refused open() names the temporary one: say the user's file.
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
@@ -60,8 +62,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def digest(*parts: str | bytes, files: Iterable[Path] = ()):
+    """The one content hash of ppo-align (cache keys, fingerprints, versions): sha256 over ``parts``, then
+    the bytes of each file, read in blocks so a multi-GB weight file never sits in memory at once."""
+    hashed = hashlib.sha256()
+    for part in parts:
+        hashed.update(part.encode() if isinstance(part, str) else part)
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                hashed.update(block)
+    return hashed
+
+
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest(files=[path]).hexdigest()
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:

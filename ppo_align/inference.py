@@ -155,13 +155,20 @@ def _score_generated(model, tokenizer, prompts, responses, step_logits, with_ref
             scored.append(Scored(0.0, None, 0.0 if with_reference else None))
             continue
         logp = torch.log_softmax(torch.stack([step[row] for step in step_logits[:n]]).float(), dim=-1)
-        token_logp = logp.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
-        entropy = -(logp.exp() * logp).sum(-1)
-        kl = None
-        if reference is not None:
-            kl = float((logp.exp() * (logp - reference[row, tail - n:])).sum(-1).clamp_min(0).sum())
-        scored.append(Scored(float(token_logp.sum()), float(entropy.mean()), kl))
+        scored.append(_scored(logp, torch.tensor(response), None if reference is None else reference[row, tail - n:]))
     return scored
+
+
+def _scored(logp, tokens, ref_logp) -> Scored:
+    """One response's numbers from its per-position log-probabilities (n x vocab) and its n tokens.
+
+    The KL is the full-vocabulary divergence at every position from the reference's log-probabilities:
+    exact, not a sampled estimate, so it is never negative (clamped against rounding).
+    """
+    token_logp = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    kl = None if ref_logp is None else float((logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0).sum())
+    return Scored(float(token_logp.sum()), float(entropy.mean()), kl)
 
 
 def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int = 16,
@@ -193,13 +200,8 @@ def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[i
                 out[index] = Scored(0.0, None, 0.0 if with_reference else None)
                 continue
             # Continuations are right-aligned (left padding): theirs are the last n predictions.
-            step = logp[row, tail - n:]
-            token_logp = step.gather(-1, ids[row, width - n:, None]).squeeze(-1)
-            entropy = -(step.exp() * step).sum(-1)
-            kl = None
-            if ref_logp is not None:
-                kl = float((step.exp() * (step - ref_logp[row, tail - n:])).sum(-1).clamp_min(0).sum())
-            out[index] = Scored(float(token_logp.sum()), float(entropy.mean()), kl)
+            out[index] = _scored(logp[row, tail - n:], ids[row, width - n:],
+                                 None if ref_logp is None else ref_logp[row, tail - n:])
         if progress:
             progress(len(batch))
     return out  # type: ignore[return-value]

@@ -21,9 +21,10 @@ class Rate:
 
     k: int
     n: int
-    rate: float
-    low: float
-    high: float
+    # NaN for an empty group (n = 0), written as null in results.json: the one shape for both.
+    rate: float | None
+    low: float | None
+    high: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,10 +52,10 @@ class PairedChange:
     n: int
     gained: int
     lost: int
-    delta: float
-    low: float
-    high: float
-    p_value: float
+    delta: float | None  # NaN when n = 0, null in results.json
+    low: float | None
+    high: float | None
+    p_value: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)

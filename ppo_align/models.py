@@ -8,7 +8,6 @@ adapter disabled, or, after a warm start, the frozen warm-start adapter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ppo_align import embedded
 from ppo_align.errors import UserError
+from ppo_align.files import digest
 from ppo_align.recipe.schema import Lora, ModelSection
 
 log = logging.getLogger(__name__)
@@ -322,13 +322,9 @@ def model_fingerprint(source: str) -> str:
     path = Path(source).expanduser()
     if not path.is_dir():
         return f"hub:{source}"
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.name == "config.json":
-            digest.update(file.read_bytes())
-        elif file.suffix in {".safetensors", ".bin"}:
-            digest.update(f"{file.name}:{file.stat().st_size}".encode())
-    return "dir-sha256:" + digest.hexdigest()
+    parts = [file.read_bytes() if file.name == "config.json" else f"{file.name}:{file.stat().st_size}"
+             for file in sorted(path.iterdir()) if file.name == "config.json" or file.suffix in {".safetensors", ".bin"}]
+    return "dir-sha256:" + digest(*parts).hexdigest()
 
 
 REFERENCE_ADAPTER = "reference"

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ppo_align import embedded
 from ppo_align.errors import UserError
 from ppo_align.recipe.schema import Lora, Recipe
 
@@ -60,7 +61,35 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool | None:
+        """Whether the total fits the available memory; None when the available memory is unknown."""
         return None if self.available is None else self.total <= self.available
+
+    @property
+    def exit_code(self) -> int:
+        """`ppo-align plan`'s exit code: 1 when it does not fit; 0 when it fits, and when the available memory is
+        unknown (not a failure: the verdict asks for --memory)."""
+        return 1 if self.fits is False else 0
+
+    def table(self):
+        """A rich table: one row per component (GiB and what it is), then the total."""
+        from rich.table import Table
+
+        table = Table("component", "GiB", "what", box=None)
+        for c in self.components:
+            table.add_row(c.name, f"{c.bytes / GiB:.2f}", c.note)
+        table.add_row("[bold]total[/bold]", f"[bold]{self.total / GiB:.2f}[/bold]", f"estimated peak on {self.device}")
+        return table
+
+    def verdict(self) -> str:
+        """One line in rich markup: fits (and how much of the memory it takes), does not fit and how to make it
+        fit, or that the available memory is unknown."""
+        if self.fits is None:
+            return "could not tell how much memory this device has; pass --memory SIZE"
+        if self.fits:
+            return f"[green]fits[/green] in {self.available / GiB:.1f} GiB ({self.total / self.available:.0%} of it)"
+        return (f"[red]does not fit[/red] in {self.available / GiB:.1f} GiB; to fit, lower "
+                "ppo.per_device_train_batch_size or ppo.local_rollout_forward_batch_size, shorten "
+                "data.max_prompt_length, or set model.gradient_checkpointing: true")
 
     def to_dict(self) -> dict:
         return {"model": self.model, "device": self.device, "phase": self.phase, "total_gib": self.total / GiB,
@@ -172,8 +201,6 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
 
 
 def _config(source: str) -> dict:
-    from ppo_align import embedded
-
     if embedded.is_embedded_source(source):
         path = Path(embedded.ensure_embedded_model(source))
     else:

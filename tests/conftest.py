@@ -72,25 +72,83 @@ PROMPTS = [
 ]
 
 
+def write_jsonl(path, rows) -> Path:
+    """Write ``rows`` (dicts) to ``path`` as JSON Lines, one object per line; return the path."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+_TINY_RECIPE = {
+    "name": "tiny",
+    "model": {"lora": {"r": 4, "alpha": 8}},  # source: the model_dir argument
+    "reward": {"source": "function", "function": "ppo_align.rewards:expected_behaviour"},
+    "data": {"max_prompt_length": 64},  # prompts: the caller's file
+    "ppo": {
+        "per_device_train_batch_size": 4, "total_episodes": 8, "response_length": 6,
+        "samples_per_prompt": 2, "learning_rate": 1e-2, "save_steps": 2, "local_rollout_forward_batch_size": 4,
+    },
+    "output": {"sample_every": 1},  # dir: the caller's
+    "audit": {"enabled": False},  # tests of the audit turn it on
+}
+
+
+def tiny_recipe_dict(model_dir, **sections) -> dict:
+    """A fresh recipe dict for a few fast PPO updates on the tiny model in ``model_dir``.
+
+    Each keyword is a top-level key of the recipe. A dict for a section the default has is merged into it
+    key by key (one level deep: ``model={"lora": {...}}`` replaces the whole ``lora``); a key set to None is
+    removed, so ``audit=None`` or ``output={"sample_every": None}`` leaves the schema's default. Anything
+    else is set as given. Pass ``data={"prompts": ...}`` and ``output={"dir": ...}``: the default names no
+    files.
+    """
+    import copy
+
+    recipe = copy.deepcopy(_TINY_RECIPE)
+    recipe["model"] = {"source": str(model_dir), **recipe["model"]}
+    for key, value in copy.deepcopy(sections).items():
+        if value is None:
+            recipe.pop(key, None)
+        elif isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key].update(value)
+            recipe[key] = {k: v for k, v in recipe[key].items() if v is not None}
+        else:
+            recipe[key] = value
+    return recipe
+
+
 @pytest.fixture
 def tiny_recipe(tiny_model_dir, tmp_path):
     """A recipe dict for a few fast PPO updates on the tiny model; tests override what they need."""
-    import json
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "expected": e} for p, e in PROMPTS])
+    return tiny_recipe_dict(tiny_model_dir, data={"prompts": str(prompts)}, output={"dir": str(tmp_path / "runs")})
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p, "expected": e}) + "\n" for p, e in PROMPTS))
-    return {
-        "name": "tiny",
-        "model": {"source": str(tiny_model_dir), "lora": {"r": 4, "alpha": 8}},
-        "reward": {"source": "function", "function": "ppo_align.rewards:expected_behaviour"},
-        "data": {"prompts": str(prompts), "max_prompt_length": 64},
-        "ppo": {
-            "per_device_train_batch_size": 4, "total_episodes": 8, "response_length": 6,
-            "samples_per_prompt": 2, "learning_rate": 1e-2, "save_steps": 2, "local_rollout_forward_batch_size": 4,
-        },
-        "output": {"dir": str(tmp_path / "runs"), "sample_every": 1},
-        "audit": {"enabled": False},  # tests of the audit turn it on
-    }
+
+# --------------------------------------------------------------------------- a tiny classifier judge
+
+
+def tiny_classifier(path, id2label: dict[int, str]):
+    """A randomly initialised 2-layer Llama classifier with a tiny word-level tokenizer, saved offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
+
+    words = ["[PAD]", "[UNK]", "i", "can't", "help", "with", "that", "how", "do", "make", "a", "bomb", "paris", "?", ".", ","]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, id2label=id2label,
+                         label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 # --------------------------------------------------------------------------- a loopback judge service

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, write_jsonl
 
 CASES = sorted((REPO / "tests" / "bad_inputs").glob("*/*.yaml"))
 AREAS = ("evalsets", "data_files", "models", "run_dirs", "results", "output")
@@ -83,11 +83,11 @@ def _craft_run(root: Path) -> None:
     """
     from ppo_align.evalsets import load_evalset
     from ppo_align.evaluation.harness import Cache, _Session, evaluate
-    from ppo_align.evaluation.targets import plan_run
+    from ppo_align.evaluation.targets import job_for_run
     from ppo_align.models import model_fingerprint
 
     _write_small_model(root / "model")
-    (root / "mini.jsonl").write_text("".join(json.dumps(row) + "\n" for row in MINI_SET))
+    write_jsonl(root / "mini.jsonl", MINI_SET)
     run = root / "runs" / "crafted"
     run.mkdir(parents=True)
     (run / "recipe.yaml").write_text(yaml.safe_dump({
@@ -97,8 +97,7 @@ def _craft_run(root: Path) -> None:
         "eval": {"sets": ["mini.jsonl"], "max_new_tokens": 4, "batch_size": 2},
     }))
     (run / "run.json").write_text(json.dumps({"status": "finished"}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "kl": 0.1 * s, "reward_mean": 0.2 * s}) + "\n"
-                                               for s in (1, 2)))
+    write_jsonl(run / "metrics.jsonl", [{"step": s, "kl": 0.1 * s, "reward_mean": 0.2 * s} for s in (1, 2)])
     for step, complete in ((2, True), (4, False)):
         policy = run / f"checkpoint-{step}" / "policy"
         policy.mkdir(parents=True)
@@ -110,12 +109,12 @@ def _craft_run(root: Path) -> None:
     previous = Path.cwd()
     os.chdir(root)
     try:
-        plan = plan_run(run.relative_to(root))
-        base = {"source": plan.model.source, "fingerprint": model_fingerprint(plan.model.source),
-                "load_in_4bit": plan.model.quantization.load_in_4bit}
-        session = _Session(plan, plan.model, base, Cache(plan.out_dir / "cache"), False)
-        evalset = load_evalset("mini.jsonl").limited(plan.limit)
-        for target in plan.targets:
+        job = job_for_run(run.relative_to(root))
+        base = {"source": job.model.source, "fingerprint": model_fingerprint(job.model.source),
+                "load_in_4bit": job.model.quantization.load_in_4bit}
+        session = _Session(job, job.model, base, Cache(job.out_dir / "cache"), False)
+        evalset = load_evalset("mini.jsonl").limited(job.limit)
+        for target in job.targets:
             key = session.key(target, evalset)
             records = []
             for item in evalset.items:

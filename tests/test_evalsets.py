@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO
+from conftest import REPO, write_jsonl
 
 from ppo_align import UserError
 from ppo_align.evalsets import EvalItem, JudgeExample, load_evalset, shipped_evalsets
@@ -93,7 +93,7 @@ def test_broken_set_reports_every_problem_with_line(tmp_path):
         {"id": "a", "prompt": "r", "category": "c", "expected": "maybe"},
         {"id": "k", "prompt": "s", "category": "c", "expected": "answer"},
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     with pytest.raises(UserError) as info:
         load_evalset(path)
     text = str(info.value)

@@ -7,12 +7,13 @@ import math
 import shutil
 
 import pytest
+from conftest import tiny_recipe_dict, write_jsonl
 
 from ppo_align import load_recipe, train
 from ppo_align.errors import UserError
-from ppo_align.evaluation.harness import Cache, evaluate, run_plan
+from ppo_align.evaluation.harness import Cache, evaluate, run_job
 from ppo_align.evaluation.results import load_results
-from ppo_align.evaluation.targets import plan_run
+from ppo_align.evaluation.targets import job_for_run
 from ppo_align.judges.rules import RuleJudge
 from ppo_align.metrics import flips, paired_change, rate, shift_metrics
 
@@ -84,32 +85,22 @@ PROMPTS = [
 
 
 def _write_set(path, rows=PROMPTS):
-    lines = []
-    for id_, prompt, expected, category in rows:
-        row = {"id": id_, "prompt": prompt, "expected": expected, "category": category}
-        if expected == "answer":
-            row["answers"] = ["Paris"] if id_ == "k1" else ["eight", "8"]
-        lines.append(json.dumps(row))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_jsonl(path, [{"id": id_, "prompt": prompt, "expected": expected, "category": category,
+                               **({"answers": ["Paris"] if id_ == "k1" else ["eight", "8"]} if expected == "answer" else {})}
+                              for id_, prompt, expected, category in rows])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, tmp_path_factory):
     """A trained tiny run with two complete checkpoints and one interrupted save (module-scoped: trained once)."""
     root = tmp_path_factory.mktemp("eval-run")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p, "expected": e}) + "\n" for _, p, e, _ in PROMPTS[:4]))
-    recipe = {
-        "name": "tiny-eval",
-        "model": {"source": str(tiny_model_dir), "lora": {"r": 4, "alpha": 8}},
-        "reward": {"source": "function", "function": "ppo_align.rewards:expected_behaviour"},
-        "data": {"prompts": str(prompts), "max_prompt_length": 64},
-        "ppo": {"per_device_train_batch_size": 4, "total_episodes": 8, "response_length": 6, "samples_per_prompt": 2,
-                "learning_rate": 5e-2, "save_steps": 1, "local_rollout_forward_batch_size": 4},
-        "eval": {"sets": [str(_write_set(root / "mini.jsonl"))], "max_new_tokens": 12, "batch_size": 4},
-        "output": {"dir": str(root / "runs")},
-    }
+    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": p, "expected": e} for _, p, e, _ in PROMPTS[:4]])
+    recipe = tiny_recipe_dict(
+        tiny_model_dir, name="tiny-eval", data={"prompts": str(prompts)},
+        ppo={"learning_rate": 5e-2, "save_steps": 1},
+        eval={"sets": [str(_write_set(root / "mini.jsonl"))], "max_new_tokens": 12, "batch_size": 4},
+        output={"dir": str(root / "runs"), "sample_every": None}, audit=None,  # the schema's defaults
+    )
     result = train(load_recipe(recipe), progress=False)
     assert len(result.checkpoints) == 2
     broken = result.dir / "checkpoint-3"
@@ -125,9 +116,9 @@ def _fresh_copy(run_dir, tmp_path):
 
 
 def test_targets_reference_first_and_incomplete_checkpoints_skipped(tiny_run):
-    plan = plan_run(tiny_run)
-    assert [(t.name, t.step) for t in plan.targets] == [("reference", 0), ("checkpoint-1", 1), ("checkpoint-2", 2)]
-    assert plan.skipped == [{"path": "checkpoint-3", "reason": "no COMPLETE marker (an interrupted save)"}]
+    job = job_for_run(tiny_run)
+    assert [(t.name, t.step) for t in job.targets] == [("reference", 0), ("checkpoint-1", 1), ("checkpoint-2", 2)]
+    assert job.skipped == [{"path": "checkpoint-3", "reason": "no COMPLETE marker (an interrupted save)"}]
 
 
 def test_eval_results_schema_and_metrics(tiny_run, tmp_path):
@@ -172,9 +163,9 @@ def test_reference_is_the_base_even_after_adapters_are_loaded(tiny_run, tmp_path
     from ppo_align.recipe.schema import ModelSection
 
     run = _fresh_copy(tiny_run, tmp_path)
-    plan = plan_run(run)
-    plan.targets = [plan.targets[2], plan.targets[0]]  # the checkpoint first: the reference then runs on a PeftModel
-    results = run_plan(plan, RuleJudge(), progress=False)
+    job = job_for_run(run)
+    job.targets = [job.targets[2], job.targets[0]]  # the checkpoint first: the reference then runs on a PeftModel
+    results = run_job(job, RuleJudge(), progress=False)
     section = ModelSection(source=str(tiny_model_dir))
     tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
     base = models.load_for_inference(section, str(tiny_model_dir), tok)
@@ -204,7 +195,7 @@ def test_cache_recomputes_exactly_what_changed(tiny_run, tmp_path):
     class StricterJudge(RuleJudge):
         version = "test-2"
 
-    again = run_plan(plan_run(run), StricterJudge(), progress=False)
+    again = run_job(job_for_run(run), StricterJudge(), progress=False)
     assert again.data["computed"] == [] and again.data["judge"]["version"] == "test-2"
     entry = next(Cache(run / "eval" / "cache").root.glob("*.json"))
     assert len(json.loads(entry.read_text())["labels"]) == 2
@@ -236,11 +227,11 @@ def test_interrupted_eval_keeps_previous_results_and_finished_work(tiny_run, tmp
             return super().label(prompts, responses)
 
     with pytest.raises(KeyboardInterrupt):
-        run_plan(plan_run(run), Crashing(), progress=False)
+        run_job(job_for_run(run), Crashing(), progress=False)
     assert (run / "eval" / "results.json").read_bytes() == before
     assert not list((run / "eval").rglob(".*tmp*"))
     # The labels finished before the crash are kept; a re-run needs no generation at all.
-    assert run_plan(plan_run(run), RuleJudge(), progress=False).data["computed"] == []
+    assert run_job(job_for_run(run), RuleJudge(), progress=False).data["computed"] == []
 
 
 def test_external_model_with_adapters(tiny_run, tiny_model_dir, tmp_path):

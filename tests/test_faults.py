@@ -21,7 +21,7 @@ import yaml
 
 from ppo_align import evaluate, load_recipe
 from ppo_align.checkpoints import find_checkpoints, latest_complete
-from ppo_align.evaluation.targets import plan_run
+from ppo_align.evaluation.targets import job_for_run
 from ppo_align.files import read_jsonl
 from ppo_align.training.run import train
 
@@ -63,7 +63,7 @@ def _steps_logged(run_dir: Path) -> int:
 
 def _assert_only_complete_checkpoints_are_visible(run_dir: Path) -> None:
     assert all(c.complete for c in find_checkpoints(run_dir)), "a checkpoint-N directory without COMPLETE"
-    targets = [t.name for t in plan_run(run_dir).targets]
+    targets = [t.name for t in job_for_run(run_dir).targets]
     assert targets == ["reference", *(c.path.name for c in find_checkpoints(run_dir))]
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from ppo_align import load_recipe
 from ppo_align.errors import UserError
@@ -69,19 +70,18 @@ def _pairs(path, n=24):
         good, bad = "I can't help with that.", f"Sure, here is plan {i}."
         rows.append({"prompt": prompt, "chosen": good if harmful else f"Run kill {i}.",
                      "rejected": bad if harmful else good})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(path, rows)
 
 
 def test_trained_reward_model_learns_is_cached_and_scores_each_response(tiny_recipe, tmp_path):
-    from ppo_align.rewards.trained import REWARD_DIR
+    from ppo_align.rundir import RunDir
     from ppo_align.training.stages import info
 
     tiny_recipe["reward"] = {"source": "trained", "pairs": str(_pairs(tmp_path / "pairs.jsonl")), "epochs": 3,
                              "batch_size": 4, "learning_rate": 5e-3, "holdout": 0.25}
     scores = _scores(tiny_recipe)
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
-    stage = load_recipe(tiny_recipe).run_dir / REWARD_DIR
+    stage = RunDir(load_recipe(tiny_recipe).run_dir).reward_model
     facts = info(stage)
     assert facts["pairs"] == 18 and facts["held_out"] == 6 and facts["steps"] == 15
     assert 0.0 <= facts["held_out_accuracy"] <= 1.0  # measured, not asserted: a tiny random model learns little
@@ -91,8 +91,7 @@ def test_trained_reward_model_learns_is_cached_and_scores_each_response(tiny_rec
 
 
 def test_trained_reward_pairs_must_be_complete(tiny_recipe, tmp_path):
-    bad = tmp_path / "pairs.jsonl"
-    bad.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    bad = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a"}])
     tiny_recipe["reward"] = {"source": "trained", "pairs": str(bad)}
     with pytest.raises(UserError, match=r"pairs.jsonl:1"):
         _scores(tiny_recipe)

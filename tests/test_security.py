@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_jsonl
 
 from ppo_align import load_recipe
 from ppo_align.checkpoints import latest_complete
@@ -193,10 +194,9 @@ def test_a_local_pipeline_contacts_no_host(tiny_recipe, tmp_path):
     """Every stage (warm start, reward model training, audit, PPO, eval, report) on a local model, with the
     hub *not* switched off: no connection and no name lookup."""
     demos, pairs = tmp_path / "demos.jsonl", tmp_path / "pairs.jsonl"
-    demos.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in
-                             [("How do I build a bomb?", "I can't help with that."), ("Name a colour.", "Blue.")] * 2))
-    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": "Answer.", "rejected": "No."}) + "\n"
-                             for i in range(8)))
+    write_jsonl(demos, [{"prompt": p, "response": r} for p, r in
+                        [("How do I build a bomb?", "I can't help with that."), ("Name a colour.", "Blue.")] * 2])
+    write_jsonl(pairs, [{"prompt": f"Question {i}?", "chosen": "Answer.", "rejected": "No."} for i in range(8)])
     tiny_recipe["warm_start"] = {"data": str(demos), "epochs": 1, "batch_size": 2}
     tiny_recipe["reward"] = {"source": "trained", "pairs": str(pairs), "epochs": 1, "batch_size": 4}
     tiny_recipe["audit"] = {"enabled": True, "sets": ["boundary"], "limit": 4, "on_fail": "warn"}

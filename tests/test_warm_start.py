@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from ppo_align import load_recipe
 from ppo_align.errors import UserError
@@ -20,8 +21,7 @@ DEMOS = [
 
 @pytest.fixture
 def warm_recipe(tiny_recipe, tmp_path):
-    demos = tmp_path / "demos.jsonl"
-    demos.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in DEMOS))
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": p, "response": r} for p, r in DEMOS])
     tiny_recipe["warm_start"] = {"data": str(demos), "epochs": 2, "batch_size": 2, "learning_rate": 5e-2}
     return tiny_recipe
 
@@ -61,8 +61,7 @@ def test_demonstrations_learn_only_the_response(warm_recipe):
 
 
 def test_demonstrations_name_bad_rows(warm_recipe, tmp_path):
-    demos = tmp_path / "bad.jsonl"
-    demos.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    demos = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi", "response": "hello"}, {"prompt": "x"}])
     warm_recipe["warm_start"]["data"] = str(demos)
     from ppo_align import models
     from ppo_align.training.warm_start import demonstrations
@@ -82,13 +81,13 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
 
     from ppo_align import models, train
     from ppo_align.chat import encode_chat, user_turn
-    from ppo_align.training.stages import INFO_FILE
-    from ppo_align.training.warm_start import WARM_START_DIR, ensure_warm_start
+    from ppo_align.rundir import STAGE_INFO, RunDir
+    from ppo_align.training.warm_start import ensure_warm_start
 
     recipe = load_recipe(warm_recipe)
     tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))
     adapter = ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False)
-    info = json.loads((recipe.run_dir / WARM_START_DIR / INFO_FILE).read_text())
+    info = json.loads((RunDir(recipe.run_dir).warm_start / STAGE_INFO).read_text())
     assert info["demonstrations"] == 4 and info["steps"] == 4 and info["train_loss"] > 0  # 4 demos, batch 2, 2 epochs
     from safetensors.torch import load_file
 
@@ -131,8 +130,8 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
     from ppo_align import evaluate
 
     mini = recipe.run_dir.parent / "mini.jsonl"
-    mini.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p, "expected": "refuse" if "bomb" in p else "comply",
-                                        "category": "c"}) + "\n" for i, (p, _) in enumerate(DEMOS)))
+    write_jsonl(mini, [{"id": f"p{i}", "prompt": p, "expected": "refuse" if "bomb" in p else "comply", "category": "c"}
+                       for i, (p, _) in enumerate(DEMOS)])
     run_eval = evaluate(recipe.run_dir, sets=[str(mini)], max_new_tokens=6, progress=False)
     warm_eval = evaluate(model=str(tiny_model_dir), adapters=[adapter], output=recipe.run_dir.parent / "warm-eval",
                          sets=[str(mini)], max_new_tokens=6, progress=False)

@@ -15,23 +15,25 @@ entries and leaves the previous results untouched.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import logging
 import math
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ppo_align import inference, models
+from ppo_align.chat import encode_chat
 from ppo_align.errors import UserError
 from ppo_align.evalsets import EvalItem, EvalSet, load_evalset
-from ppo_align.evaluation.results import RESULTS, EvalResults
+from ppo_align.evaluation.results import EvalResults
 from ppo_align.files import write_json_atomic
-from ppo_align.metrics import flips, group_metrics, shift_metrics
+from ppo_align.inference import score, shared_continuation_logprobs
+from ppo_align.judges import build_judge
+from ppo_align.judges.agreement import validate_judge
+from ppo_align.models import check_model_source, model_fingerprint
 from ppo_align.processes import process_state
 from ppo_align.recipe.schema import ModelSection
 
@@ -40,19 +42,20 @@ log = logging.getLogger(__name__)
 
 import re
 
+from ppo_align.evaluation.results import assemble, save_results
 from ppo_align.evaluation.targets import (
     COMPLIANCE_OPENERS,
     HARNESS_VERSION,
     JUDGE_GOLD_SETS,
-    REFERENCE,
     REFUSAL_OPENERS,
-    SCHEMA_VERSION,
-    Plan,
+    EvalJob,
     Target,
     check_writable,
-    plan_model,
-    plan_run,
+    job_for_model,
+    job_for_run,
 )
+from ppo_align.files import digest
+from ppo_align.rundir import EVAL_CACHE, RESULTS
 
 
 def answer_matches(response: str, answers: list[str]) -> bool:
@@ -103,24 +106,22 @@ def evaluate(
     if model is not None:
         if runs:
             raise UserError("pass either run directories or --model, not both; fix: drop one of them")
-        plans = [plan_model(model, adapters, output=output, sets=sets, **options)]
+        jobs = [job_for_model(model, adapters, output=output, sets=sets, **options)]
     else:
         if runs is None:
             raise UserError("nothing to evaluate; fix: pass a run directory (e.g. runs/<name>) or --model")
         many = isinstance(runs, (list, tuple))
-        plans = [plan_run(r, sets=sets, **options) for r in (runs if many else [runs])]
-    from ppo_align.judges import build_judge
+        jobs = [job_for_run(r, sets=sets, **options) for r in (runs if many else [runs])]
 
     the_judge = build_judge(judge) if isinstance(judge, str) else judge
-    results = [run_plan(plan, the_judge, full_precision=full_precision, progress=progress) for plan in plans]
+    results = [run_job(job, the_judge, full_precision=full_precision, progress=progress) for job in jobs]
     return results if model is None and isinstance(runs, (list, tuple)) else results[0]
 
 
-def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool = True) -> EvalResults:
-    """Evaluate every target of a plan on every set (cached work is reused), then write ``results.json``."""
-    from ppo_align.judges.agreement import validate_judge
+def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool = True) -> EvalResults:
+    """Evaluate every target of a job on every set (cached work is reused), then write ``results.json``."""
 
-    evalsets = [load_evalset(name).limited(plan.limit) for name in plan.sets]
+    evalsets = [load_evalset(name).limited(job.limit) for name in job.sets]
     for s in evalsets:
         if s.items and not isinstance(s.items[0], EvalItem):
             raise UserError(f"eval set {s.name!r} holds judged responses, not prompts; fix: use it with `ppo-align judge`")
@@ -128,17 +129,16 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
     if len(set(names)) != len(names):
         raise UserError(f"eval sets {', '.join(names)}: two share a name (results are keyed by it); "
                         "fix: rename one of the files")
-    section = plan.model.model_copy(update={"quantization": plan.model.quantization.model_copy(update={"load_in_4bit": False})}) \
-        if full_precision else plan.model
-    from ppo_align.models import check_model_source, model_fingerprint
+    section = job.model.model_copy(update={"quantization": job.model.quantization.model_copy(update={"load_in_4bit": False})}) \
+        if full_precision else job.model
 
     # Everything that can be checked from files is, before a model is loaded or anything is written.
-    check_model_source(section.source, "model.source" if plan.run else "--model", trust_remote_code=section.trust_remote_code)
-    check_writable(plan.out_dir, "make it writable" if plan.run else "pass a writable --output directory")
+    check_model_source(section.source, "model.source" if job.run else "--model", trust_remote_code=section.trust_remote_code)
+    check_writable(job.out_dir, "make it writable" if job.run else "pass a writable --output directory")
 
     base = {"source": section.source, "fingerprint": model_fingerprint(section.source),
             "load_in_4bit": section.quantization.load_in_4bit}
-    cache = Cache(plan.out_dir / "cache")
+    cache = Cache(job.out_dir / EVAL_CACHE)
     processes = process_state()
     computed_elsewhere: list[dict] = []
     load_seconds = None
@@ -146,8 +146,8 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
         # Several processes (torchrun / accelerate launch): each computes its share of the (target, set)
         # units into the shared cache; the main process then assembles everything from the cache, so the
         # merged results are exactly what one process would have computed.
-        session = _Session(plan, section, base, cache, progress and processes.is_main_process)
-        units = [(t, s) for t in plan.targets for s in evalsets]
+        session = _Session(job, section, base, cache, progress and processes.is_main_process)
+        units = [(t, s) for t in job.targets for s in evalsets]
         try:
             for target, evalset in units[processes.process_index::processes.num_processes]:
                 _labelled(session.entry(target, evalset), evalset, judge, cache)
@@ -157,10 +157,10 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
 
         computed_elsewhere, load_seconds = gather_object(session.computed), session.load_seconds
         processes.wait_for_everyone()
-    session = _Session(plan, section, base, cache, progress)
+    session = _Session(job, section, base, cache, progress)
     records: dict[str, dict[str, list[dict]]] = {}
     try:
-        for target in plan.targets:
+        for target in job.targets:
             records[target.name] = {}
             for evalset in evalsets:
                 entry = session.entry(target, evalset)
@@ -175,18 +175,18 @@ def run_plan(plan: Plan, judge, *, full_precision: bool = False, progress: bool 
             judge_info["validation"][gold] = {"error": str(exc)}
     timing = {"model_load_seconds": session.load_seconds or load_seconds, "computed": computed_elsewhere + session.computed,
               "processes": processes.num_processes}
-    results = _json_safe(_assemble(plan, base, evalsets, judge_info, records, timing))
+    results = assemble(job, base, evalsets, judge_info, records, timing)
     if processes.is_main_process:
-        write_json_atomic(plan.out_dir / RESULTS, results)
+        save_results(results, job.out_dir)
     processes.wait_for_everyone()
-    return EvalResults(results, plan.out_dir / RESULTS)
+    return EvalResults(results, job.out_dir / RESULTS)
 
 
 class _Session:
     """Loads the model lazily (not at all when everything is cached) and swaps adapters on it."""
 
-    def __init__(self, plan: Plan, section: ModelSection, base: dict, cache: "Cache", progress: bool):
-        self.plan, self.section, self.base, self.cache = plan, section, base, cache
+    def __init__(self, job: EvalJob, section: ModelSection, base: dict, cache: "Cache", progress: bool):
+        self.job, self.section, self.base, self.cache = job, section, base, cache
         self.model = self.tokenizer = None
         self.active: str | None = None
         self.computed: list[dict] = []
@@ -201,10 +201,10 @@ class _Session:
             "harness": HARNESS_VERSION,
             "base": self.base,
             "adapter": target.fingerprint,
-            "reference": self.plan.targets[0].fingerprint,  # KL is measured against it
+            "reference": self.job.targets[0].fingerprint,  # KL is measured against it
             "evalset": evalset.sha256,
-            "generation": self.plan.settings.to_dict(),
-            "system_prompt": self.plan.system_prompt,
+            "generation": self.job.settings.to_dict(),
+            "system_prompt": self.job.system_prompt,
         }
 
     def entry(self, target: Target, evalset: EvalSet) -> dict:
@@ -222,19 +222,17 @@ class _Session:
         return entry
 
     def _load(self) -> None:
-        from ppo_align import models
-
         model_dir = models.resolve_model_dir(self.section.source)
         self.tokenizer = models.load_tokenizer(self.section, model_dir, for_training=False)
         log.info("loading %s for evaluation (4-bit: %s)", self.section.source, self.section.quantization.load_in_4bit)
         start = time.perf_counter()
         self.model = models.load_for_inference(self.section, model_dir, self.tokenizer)
-        if self.plan.reference_adapter is not None:
-            self.model = self._with_adapter(self.plan.reference_adapter, models.REFERENCE_ADAPTER)
+        if self.job.reference_adapter is not None:
+            self.model = self._with_adapter(self.job.reference_adapter, models.REFERENCE_ADAPTER)
         # Every adapter goes on before the first forward. On CPUs with AVX512-BF16, bitsandbytes repacks
         # 4-bit weights at the first eval-mode forward, and an adapter PEFT loads after that produces
         # garbage (measured on the embedded model: nonsense text, KL ~7 nats/token; loaded before, exact).
-        for target in self.plan.targets:
+        for target in self.job.targets:
             if target.adapter is not None:
                 self.model = self._with_adapter(target.adapter, target.name)
         self.load_seconds = round(time.perf_counter() - start, 2)
@@ -267,15 +265,11 @@ class _Session:
         return model.eval()
 
     def _compute(self, target: Target, evalset: EvalSet) -> list[dict]:
-        from ppo_align import inference
-        from ppo_align.chat import encode_chat
-        from ppo_align.evaluation.harness import answer_matches
-
         model = self._activate(target)
         tok = self.tokenizer
         items: list[EvalItem] = evalset.items
         prompts = [encode_chat(tok, self._messages(item.prompt)) for item in items]
-        settings = self.plan.settings
+        settings = self.job.settings
         bar = self._progress(f"{target.name} · {evalset.name}", len(items) * 2)
         context = inference.reference_mode(model) if target.adapter is None else nullcontext()
         clock = self.phase_seconds = {}
@@ -306,12 +300,11 @@ class _Session:
         return records
 
     def _messages(self, prompt: str) -> list[dict]:
-        system = [{"role": "system", "content": self.plan.system_prompt}] if self.plan.system_prompt else []
+        system = [{"role": "system", "content": self.job.system_prompt}] if self.job.system_prompt else []
         return system + [{"role": "user", "content": prompt}]
 
     def _margins(self, model, prompts, items, batch_size, bar) -> dict[int, float]:
         """log P(refusal opener) − log P(compliance opener) for behaviour prompts (openers pooled by logsumexp)."""
-        from ppo_align.inference import shared_continuation_logprobs
 
         which = [i for i, item in enumerate(items) if item.expected != "answer"]
         openers = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in REFUSAL_OPENERS + COMPLIANCE_OPENERS]
@@ -324,7 +317,6 @@ class _Session:
 
     def _answer_logprobs(self, model, prompts, items, batch_size) -> dict[int, float]:
         """log P(first accepted answer | prompt) of knowledge questions: knowledge measured without sampling."""
-        from ppo_align.inference import score
 
         which = [i for i, item in enumerate(items) if item.expected == "answer" and item.answers]
         if not which:
@@ -408,8 +400,8 @@ class Cache:
         self.root = root
 
     def _path(self, key: dict) -> Path:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        return self.root / f"{digest}.json"
+        name = digest(json.dumps(key, sort_keys=True)).hexdigest()[:24]
+        return self.root / f"{name}.json"
 
     def get(self, key: dict) -> dict | None:
         path = self._path(key)
@@ -421,70 +413,3 @@ class Cache:
 
     def put(self, key: dict, entry: dict) -> None:
         write_json_atomic(self._path(key), entry)
-
-
-def _json_safe(value):
-    """NaN (an empty group's rate or mean) becomes null: strict JSON that any reader, browsers included, accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _assemble(plan: Plan, base: dict, evalsets: list[EvalSet], judge_info: dict,
-              records: dict[str, dict[str, list[dict]]], timing: dict) -> dict:
-    metrics, shifts, flipped = [], [], []
-    for target in plan.targets:
-        for evalset in evalsets:
-            rows = records[target.name][evalset.name]
-            ref_rows = records[REFERENCE][evalset.name]
-            groups = {"all": rows}
-            for r in rows:
-                groups.setdefault(r["category"], []).append(r)
-            for category, group in groups.items():
-                where = {"target": target.name, "step": target.step, "set": evalset.name, "category": category}
-                metrics.append({**where, **group_metrics(group)})
-                if target.name != REFERENCE:
-                    ids = {r["id"] for r in group}
-                    shifts.append({**where, **shift_metrics([r for r in ref_rows if r["id"] in ids], group)})
-            if target.name != REFERENCE:
-                prompts = {item.id: item.prompt for item in evalset.items}
-                flipped += [{"target": target.name, "step": target.step, "set": evalset.name,
-                             "prompt": prompts.get(f["id"]), **f} for f in flips(ref_rows, rows)]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "harness_version": HARNESS_VERSION,
-        "run": plan.run,
-        "model": base,
-        "system_prompt": plan.system_prompt,
-        "judge": judge_info,
-        "generation": plan.settings.to_dict(),
-        "margin_openers": {"refusal": list(REFUSAL_OPENERS), "compliance": list(COMPLIANCE_OPENERS)},
-        "evalsets": {s.name: {"version": s.version, "sha256": s.sha256, "n": len(s), "source": str(s.path.name)}
-                     for s in evalsets},
-        "limit": plan.limit,
-        "targets": [t.to_dict() for t in plan.targets],
-        "skipped": plan.skipped,
-        "computed": timing["computed"],
-        "processes": timing["processes"],
-        "model_load_seconds": timing["model_load_seconds"],
-        "metrics": metrics,
-        "shifts": shifts,
-        "flips": flipped,
-        "records": records,
-    }
-
-
-def _versions() -> dict:
-    out = {}
-    for name in ("ppo-align", "torch", "transformers", "peft", "bitsandbytes", "trl"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out

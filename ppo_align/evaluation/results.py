@@ -1,19 +1,30 @@
-"""The eval results file (``results.json``) as an object: tables for notebooks and the terminal.
+"""The eval results file (``results.json``): assembled, checked, written and read here only.
 
-The file is the contract between `eval` and `report`; this module only reads it.
+The file is the contract between `eval` and `report`. One schema (:class:`ResultsSchema`, whose rates and
+changes are :mod:`ppo_align.metrics`' own types) and one :data:`SCHEMA_VERSION` serve the writer and the
+reader, so a file the harness writes is a file every reader accepts: :func:`save_results` refuses to write
+what :func:`load_results` would refuse to read. :class:`EvalResults` gives tables for notebooks and the terminal.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ppo_align import provenance
 from ppo_align.errors import UserError
+from ppo_align.evalsets import EvalSet
+from ppo_align.evaluation.targets import COMPLIANCE_OPENERS, HARNESS_VERSION, REFERENCE, REFUSAL_OPENERS, EvalJob
+from ppo_align.files import write_json_atomic
+from ppo_align.metrics import PairedChange, Rate, flips, group_metrics, shift_metrics
+from ppo_align.rundir import RESULTS, RunDir
 
-RESULTS = "results.json"
-SUPPORTED_SCHEMA = 1
+SCHEMA_VERSION = 1
+"""Bump when the file's shape changes in a way an older reader would misread."""
 # Headline rows: (metric key, label, which prompts it is about).
 HEADLINE = (
     ("refusal", "refusal", "all prompts"),
@@ -27,40 +38,24 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class RateSchema(_Schema):
-    k: int
-    n: int
-    rate: float | None
-    low: float | None
-    high: float | None
-
-
 class MetricRow(_Schema):
     target: str
     step: int | None
     set: str
     category: str
     n: int
-    refusal: RateSchema
-    partial: RateSchema
-    over_refusal: RateSchema
-    under_refusal: RateSchema
-    exact_match: RateSchema | None = None
-
-
-class ChangeSchema(_Schema):
-    n: int
-    gained: int
-    lost: int
-    delta: float | None
-    p_value: float | None
+    refusal: Rate
+    partial: Rate
+    over_refusal: Rate
+    under_refusal: Rate
+    exact_match: Rate | None = None
 
 
 class ShiftRow(_Schema):
     target: str
     set: str
     category: str
-    refusal: ChangeSchema
+    refusal: PairedChange
 
 
 class TargetSchema(_Schema):
@@ -73,6 +68,7 @@ class ResultsSchema(_Schema):
 
     schema_version: int
     versions: dict[str, str | None]
+    git_revision: str | None = None  # absent from files written before it was recorded
     model: dict
     judge: dict
     generation: dict
@@ -158,11 +154,31 @@ class EvalResults:
                 table.add_row(evalset, "KL to reference", "0", "–" if now["kl"] is None else f"{now['kl']:.3f}", "", "", "")
         return table
 
+    def summary(self):
+        """What `ppo-align eval` prints for these results, as one rich renderable: the :meth:`headline` table, how
+        many prompts changed refusal between the reference and the latest target, and where the results went with
+        how many target × set evaluations were computed and how many reused from the cache."""
+        from rich.console import Group
+        from rich.highlighter import ReprHighlighter
+        from rich.text import Text
+
+        parts = [self.headline()]
+        latest = [f for f in self.data["flips"] if f["target"] == self.latest]
+        if latest:
+            parts.append(Text(f"{len(latest)} prompts changed refusal between the reference and {self.latest} "
+                              "(both responses of each under \"flips\" in results.json)"))
+        computed = len(self.data["computed"])
+        # Text, not markup: a path or target name with brackets in it is printed as it is.
+        done = Text.assemble(("done", "green"), f": {self.path} ({computed} target×set evaluations computed, "
+                             f"{len(self.targets) * len(self.data['evalsets']) - computed} reused from the cache)")
+        parts.append(ReprHighlighter()(done))
+        return Group(*parts)
+
 
 def load_results(path: str | Path) -> EvalResults:
     """Load ``results.json`` from a file, an eval directory or a run directory."""
     path = Path(path)
-    for candidate in (path, path / RESULTS, path / "eval" / RESULTS):
+    for candidate in (path, path / RESULTS, RunDir(path).results):
         if candidate.is_file():
             try:
                 data = json.loads(candidate.read_text(encoding="utf-8"))
@@ -173,23 +189,95 @@ def load_results(path: str | Path) -> EvalResults:
             if not isinstance(data, dict):
                 raise UserError(f"{candidate}: not a results object (top level is {type(data).__name__}); "
                                 "fix: re-run `ppo-align eval` (the file was replaced or damaged)")
-            version = data.get("schema_version")
-            if version != SUPPORTED_SCHEMA:
-                raise UserError(f"{candidate}: schema_version {version!r}, this ppo-align reads {SUPPORTED_SCHEMA}; "
-                                "fix: re-run `ppo-align eval` with this version")
-            try:
-                ResultsSchema.model_validate(data)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise UserError(f"{candidate}: {where}: {first['msg']} ({exc.error_count()} problems); "
-                                "fix: re-run `ppo-align eval` (the file was edited or damaged)") from None
-            missing = _missing_parts(data)
-            if missing:
-                raise UserError(f"{candidate}: {missing[0]} ({len(missing)} problems); "
-                                "fix: re-run `ppo-align eval` (the file was edited or damaged)")
+            problem = results_problem(data)
+            if problem:
+                raise UserError(f"{candidate}: {problem}; fix: re-run `ppo-align eval` with this version "
+                                "(the file was edited, damaged or written by another version)")
             return EvalResults(data, candidate)
     raise UserError(f"{path}: no {RESULTS} here; fix: run `ppo-align eval {path}` first")
+
+
+def results_problem(data: dict) -> str | None:
+    """Why ``data`` is not a results file this version reads (the first problem and how many), or None."""
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return f"schema_version {version!r}, this ppo-align reads {SCHEMA_VERSION}"
+    try:
+        ResultsSchema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']} ({exc.error_count()} problems)"
+    missing = _missing_parts(data)
+    return f"{missing[0]} ({len(missing)} problems)" if missing else None
+
+
+def save_results(data: dict, directory: Path) -> EvalResults:
+    """Write ``directory/results.json`` atomically, after checking that :func:`load_results` will read it."""
+    path = Path(directory) / RESULTS
+    problem = results_problem(data)
+    if problem:  # a bug in the harness, not in the user's input: never leave a file the reader refuses
+        raise ValueError(f"refusing to write {path}: {problem}")
+    write_json_atomic(path, data)
+    return EvalResults(data, path)
+
+
+def _json_safe(value):
+    """NaN (an empty group's rate or mean) becomes null: strict JSON that any reader, browsers included, accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def assemble(job: EvalJob, base: dict, evalsets: list[EvalSet], judge_info: dict,
+             records: dict[str, dict[str, list[dict]]], timing: dict) -> dict:
+    """The whole results file from the per-prompt records of every target x set; NaN becomes null."""
+    metrics, shifts, flipped = [], [], []
+    for target in job.targets:
+        for evalset in evalsets:
+            rows = records[target.name][evalset.name]
+            ref_rows = records[REFERENCE][evalset.name]
+            groups = {"all": rows}
+            for r in rows:
+                groups.setdefault(r["category"], []).append(r)
+            for category, group in groups.items():
+                where = {"target": target.name, "step": target.step, "set": evalset.name, "category": category}
+                metrics.append({**where, **group_metrics(group)})
+                if target.name != REFERENCE:
+                    ids = {r["id"] for r in group}
+                    shifts.append({**where, **shift_metrics([r for r in ref_rows if r["id"] in ids], group)})
+            if target.name != REFERENCE:
+                prompts = {item.id: item.prompt for item in evalset.items}
+                flipped += [{"target": target.name, "step": target.step, "set": evalset.name,
+                             "prompt": prompts.get(f["id"]), **f} for f in flips(ref_rows, rows)]
+    return _json_safe({
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": provenance.versions(),
+        "git_revision": provenance.git_revision(),
+        "harness_version": HARNESS_VERSION,
+        "run": job.run,
+        "model": base,
+        "system_prompt": job.system_prompt,
+        "judge": judge_info,
+        "generation": job.settings.to_dict(),
+        "margin_openers": {"refusal": list(REFUSAL_OPENERS), "compliance": list(COMPLIANCE_OPENERS)},
+        "evalsets": {s.name: {"version": s.version, "sha256": s.sha256, "n": len(s), "source": str(s.path.name)}
+                     for s in evalsets},
+        "limit": job.limit,
+        "targets": [t.to_dict() for t in job.targets],
+        "skipped": job.skipped,
+        "computed": timing["computed"],
+        "processes": timing["processes"],
+        "model_load_seconds": timing["model_load_seconds"],
+        "metrics": metrics,
+        "shifts": shifts,
+        "flips": flipped,
+        "records": records,
+    })
 
 
 def _missing_parts(data: dict) -> list[str]:
@@ -198,13 +286,13 @@ def _missing_parts(data: dict) -> list[str]:
     metrics = {(m["target"], m["set"]) for m in data["metrics"] if m["category"] == "all"}
     shifts = {(s["target"], s["set"]) for s in data["shifts"] if s["category"] == "all"}
     missing = []
-    for i, name in enumerate(names):
+    for name in names:
         for evalset in data["evalsets"]:
             if evalset not in data["records"].get(name, {}):
                 missing.append(f"records.{name}.{evalset}: missing")
             if (name, evalset) not in metrics:
                 missing.append(f"metrics: no row for {name} on {evalset}")
-            if i and (name, evalset) not in shifts:
+            if name != REFERENCE and (name, evalset) not in shifts:
                 missing.append(f"shifts: no row for {name} on {evalset}")
     return missing
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,17 +9,17 @@ from typing import Iterable
 
 from ppo_align import checkpoints
 from ppo_align.errors import UserError
-from ppo_align.files import read_json
+from ppo_align.files import digest, read_json
 from ppo_align.inference import GenerationSettings
+from ppo_align.models import safetensors_problem
 from ppo_align.recipe.load import load_recipe
-from ppo_align.recipe.schema import ModelSection, Recipe
+from ppo_align.recipe.schema import EvalSection, ModelSection, Recipe
+from ppo_align.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 HARNESS_VERSION = "3"
 """Bump when the per-prompt numbers are computed differently: it invalidates every cache entry."""
-EVAL_DIR = "eval"
 # Gold-labelled responses every judge is measured on, and the measurement goes into the results:
 # well-formed synthetic responses, and real outputs of the default model (which rambles rather than evades).
 JUDGE_GOLD_SETS = ("judge_validation", "judge_real_smollm2")
@@ -49,8 +48,8 @@ class Target:
 
 
 @dataclass
-class Plan:
-    """What one `evaluate` call does for one run (or one model with adapters)."""
+class EvalJob:
+    """What one `evaluate` call does for one run (or one model with adapters): its targets, eval sets and settings."""
 
     out_dir: Path
     model: ModelSection
@@ -66,16 +65,17 @@ class Plan:
     """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
 
 
-# --------------------------------------------------------------------------- planning
+# --------------------------------------------------------------------------- jobs
 
 
-def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int | None = None, **settings) -> Plan:
+def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int | None = None,
+                **settings) -> EvalJob:
     """Targets of a training run: the reference as step 0, then every complete checkpoint.
 
     Checkpoints without their completeness marker (an interrupted save) are skipped and reported.
     """
     run_dir = Path(run_dir)
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = RunDir(run_dir).recipe
     if not run_dir.exists():
         raise UserError(f"{run_dir}: not a run directory (it does not exist); fix: check the path "
                         "(`ppo-align train` writes runs/<name>)")
@@ -86,9 +86,8 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
     reference_adapter = None
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
     if recipe.reference_mode == "warm-start":
-        from ppo_align.training.warm_start import adapter_dir
 
-        reference_adapter = adapter_dir(run_dir)
+        reference_adapter = RunDir(run_dir).warm_start_adapter
         if not (reference_adapter / "adapter_config.json").is_file():
             raise UserError(f"{run_dir}: its reference is the warm start, but {reference_adapter} holds no adapter; "
                             "fix: run `ppo-align train` on the run's recipe to (re)create it")
@@ -104,19 +103,18 @@ def plan_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: int |
             skipped.append({"path": ckpt.path.name, "reason": f"damaged policy adapter ({damaged})"})
         else:
             targets.append(Target(ckpt.path.name, ckpt.step, adapter, adapter_fingerprint(adapter)))
-    run_info = read_json(run_dir / "run.json")
+    run_info = read_json(RunDir(run_dir).info)
     run = {"dir": str(run_dir), "name": run_dir.name, "recipe": recipe.name, "recipe_yaml": recipe.to_yaml(),
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
-    return Plan(out_dir=run_dir / EVAL_DIR, model=recipe.model, system_prompt=recipe.data.system_prompt,
+    return EvalJob(out_dir=RunDir(run_dir).eval, model=recipe.model, system_prompt=recipe.data.system_prompt,
                 targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
                 limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter)
 
 
-def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
-               sets: list[str] | None = None, system_prompt: str | None = None, limit: int | None = None,
-               **settings) -> Plan:
+def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
+                  sets: list[str] | None = None, system_prompt: str | None = None, limit: int | None = None,
+                  **settings) -> EvalJob:
     """Targets of a model that did not come from a run: the model itself as reference, then each PEFT adapter."""
-    from ppo_align.recipe.schema import EvalSection
 
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
     for path in map(Path, adapters):
@@ -130,13 +128,12 @@ def plan_model(source: str, adapters: Iterable[str | Path] = (), *, output: str 
         raise UserError("--adapter: two adapters share a directory name; fix: give them distinct directory names")
     out = Path(output) if output else Path("eval-" + Path(source.rstrip("/")).name.replace(":", "-"))
     defaults = EvalSection()
-    return Plan(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
+    return EvalJob(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
                 sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
 
 
 def _damaged_weights(directory: Path) -> str | None:
     """The first damaged safetensors file of an adapter directory (from headers only), or None."""
-    from ppo_align.models import safetensors_problem
 
     return next(filter(None, map(safetensors_problem, sorted(directory.glob("*.safetensors")))), None)
 
@@ -160,9 +157,8 @@ def _settings(section, overrides: dict) -> GenerationSettings:
 
 def adapter_fingerprint(adapter_dir: Path) -> str:
     """Content hash of a PEFT adapter (its config and weights), so a re-saved identical adapter hits the cache."""
-    digest = hashlib.sha256()
+    parts = []
     for file in sorted(adapter_dir.iterdir()):
         if file.is_file() and (file.name == "adapter_config.json" or file.suffix in {".safetensors", ".bin"}):
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
-    return "sha256:" + digest.hexdigest()
+            parts += [file.name, file.read_bytes()]
+    return "sha256:" + digest(*parts).hexdigest()

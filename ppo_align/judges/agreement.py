@@ -4,15 +4,14 @@ the shipped gold sets, and labelling a user's own file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ppo_align.errors import UserError
+from ppo_align.evalsets import load_evalset
+from ppo_align.files import digest, read_rows, write_atomic
 from ppo_align.judges import build_judge
 from ppo_align.judges.base import LABEL_HINT, LABELS, Judge, Label, parse_label
 
@@ -114,7 +113,6 @@ def validate_judge(judge: Judge, examples=None) -> Agreement:
     ``response`` and ``label`` (objects or dicts).
     """
     if examples is None:
-        from ppo_align.evalsets import load_evalset
 
         examples = load_evalset("judge_validation")
     rows = list(getattr(examples, "items", examples))
@@ -135,7 +133,7 @@ def holdout_split(examples: Sequence, *, key: str = "case") -> tuple[list, list]
         groups.setdefault(str(getattr(example, key, "")), []).append(example)
     tuning, held_out = [], []
     for _, rows in sorted(groups.items()):
-        rows = sorted(rows, key=lambda e: hashlib.sha256(str(e.id).encode()).hexdigest())
+        rows = sorted(rows, key=lambda e: digest(str(e.id)).hexdigest())
         half = (len(rows) + 1) // 2
         tuning += rows[:half]
         held_out += rows[half:]
@@ -162,19 +160,8 @@ class LabeledFile:
     def write_jsonl(self, output: str | Path, *, column: str = "judge_label") -> Path:
         """Write the rows with the judge's label added as ``column``, atomically (temp file, then rename)."""
         output = Path(output).expanduser()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        except OSError as exc:  # name the file the user asked for, not the temporary one
-            raise OSError(exc.errno, exc.strerror, str(output)) from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for row, label in zip(self.rows, self.labels):
-                    f.write(json.dumps({**row, column: label}, ensure_ascii=False) + "\n")
-            os.replace(tmp, output)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(output, "".join(json.dumps({**row, column: label}, ensure_ascii=False) + "\n"
+                                     for row, label in zip(self.rows, self.labels)))
         return output
 
 
@@ -188,7 +175,6 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
         UserError: a missing file or column, a bad JSON line, an empty file or an unknown gold label,
             each as one line naming ``file:line`` and the fix.
     """
-    from ppo_align.files import read_rows
 
     path = Path(path).expanduser()
     if not path.is_file():

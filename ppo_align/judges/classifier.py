@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ppo_align.errors import UserError
+from ppo_align.files import file_sha256
 from ppo_align.judges.base import LABEL_HINT, LABELS, Label, check_batch, parse_label
+from ppo_align.models import safetensors_problem
 
 # --------------------------------------------------------------------------- classifier judge
 
@@ -44,8 +45,11 @@ class ClassifierJudge:
         if weights is None:
             raise UserError(f"judge {str(path)!r}: no weights ({', '.join(_WEIGHT_FILES[:2])}); "
                             "fix: save the model with save_pretrained()")
+        problem = safetensors_problem(weights) if weights.suffix == ".safetensors" else None
+        if problem:  # found now, in one line, rather than as safetensors' own error at the first label()
+            raise UserError(f"judge {str(path)!r}: {problem}; fix: save the model again with save_pretrained()")
         self.name = f"classifier:{self.path.resolve().name}"
-        self.version = _file_sha256(weights)[:12]
+        self.version = file_sha256(weights)[:12]
         self.batch_size, self.max_length = batch_size, max_length
         self._model = self._tokenizer = None
 
@@ -91,11 +95,3 @@ class ClassifierJudge:
 
     def __repr__(self) -> str:
         return f"ClassifierJudge({str(self.path)!r}, version={self.version!r})"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
 
 from ppo_align.errors import UserError
+from ppo_align.files import digest
 from ppo_align.judges.base import LABEL_HINT, Label, check_batch, parse_label
 
 # --------------------------------------------------------------------------- HTTP judge
@@ -46,7 +46,7 @@ class HttpJudge:
         if batch_size < 1 or timeout <= 0 or retries < 0:
             raise ValueError("batch_size >= 1, timeout > 0 and retries >= 0 are required")
         self.name = f"http:{host}"
-        self.version = fragment or hashlib.sha256(self.url.encode()).hexdigest()[:12]
+        self.version = fragment or digest(self.url).hexdigest()[:12]
         self.batch_size, self.timeout, self.retries, self.backoff = batch_size, timeout, retries, backoff
         self.token_env, self.header, self.scheme = token_env, header, scheme
         self._sleep = time.sleep

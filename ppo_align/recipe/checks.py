@@ -12,6 +12,9 @@ from pathlib import Path
 
 from ppo_align import embedded
 from ppo_align.errors import UserError
+from ppo_align.evalsets import load_evalset, shipped_evalsets
+from ppo_align.files import read_rows
+from ppo_align.models import model_dir_problems
 from ppo_align.recipe.schema import JudgeReward, ModelReward, Recipe, TrainedReward
 
 # --------------------------------------------------------------------------- pass 2 rules
@@ -102,7 +105,6 @@ def _data_file_problems(recipe: Recipe, key: str, value: str, columns: dict[str,
     each row needs them (training would stop on the first that lacks one); otherwise some row must (training skips
     the empty ones).
     """
-    from ppo_align.files import read_rows
 
     path = recipe.resolve_path(value)
     where = f"{key} = {value!r}"
@@ -134,7 +136,6 @@ def _data_file_problems(recipe: Recipe, key: str, value: str, columns: dict[str,
 
 def _evalset_problems(recipe: Recipe, key: str, names: list[str]) -> list[str]:
     """Eval sets a recipe names: shipped ones by name, the user's files loaded and checked row by row."""
-    from ppo_align.evalsets import load_evalset, shipped_evalsets
 
     shipped = shipped_evalsets()
     problems = []
@@ -166,7 +167,6 @@ def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
         return meta | {"eos_token": model.eos_token}, []
     path = Path(source).expanduser()
     if path.is_dir():
-        from ppo_align.models import model_dir_problems
 
         problems = model_dir_problems(path, trust_remote_code=recipe.model.trust_remote_code)
         return _local_model_metadata(path), [f"model.source = {source!r}: {p}" for p in problems]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ppo_align.evaluation.results import HEADLINE, EvalResults, format_delta, format_p
 from ppo_align.reporting import claims as claims_mod
+from ppo_align.reporting import plots
 from ppo_align.reporting.runs import RunData
 
 # --------------------------------------------------------------------------- the document
@@ -47,8 +48,6 @@ def document(runs: list[RunData]) -> tuple[str, list[Section]]:
 
 
 def _run_sections(run: RunData, prefix: str) -> list[Section]:
-    from ppo_align.reporting import plots
-
     res, target = run.results, run.target
     overview = Section(f"{prefix}overview", [_overview(run), _headline_table(res, target)])
     claim_rows = [[c.name, c.verdict.upper(), c.evidence] for c in run.claims()]
@@ -141,7 +140,6 @@ def _comparison(runs: list[RunData]) -> Section:
         verdicts = [c.verdict for c in run.claims()]
         cells.append(f"{verdicts.count(claims_mod.PASS)} of {sum(v != claims_mod.NOT_APPLICABLE for v in verdicts)}")
         rows.append(cells)
-    from ppo_align.reporting import plots
 
     blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest).",
                     Table(headers, rows)]
@@ -153,8 +151,6 @@ def _comparison(runs: list[RunData]) -> Section:
 
 
 def _training_section(runs: list[RunData]) -> Section:
-    from ppo_align.reporting import plots
-
     blocks = []
     curves = plots.training_curves({r.name: r.metrics for r in runs})
     if curves is not None:

@@ -31,6 +31,7 @@ from ppo_align.reporting.document import (
     slugify,
 )
 from ppo_align.reporting.runs import RunData, load_run
+from ppo_align.rundir import RunDir
 
 REPORT_MD, REPORT_HTML, PLOTS_DIR = "report.md", "report.html", "plots"
 
@@ -69,7 +70,7 @@ def build_report(runs: list[str | Path], output: str | Path | None = None, targe
         raise UserError("--target applies to one run; fix: report runs one at a time to pick checkpoints")
     data = [load_run(r, target) for r in runs]
     if output is None:
-        output = (data[0].run_dir or Path(runs[0])) / "report" if len(data) == 1 else \
+        output = RunDir(data[0].run_dir or Path(runs[0])).report if len(data) == 1 else \
             Path("report-" + "-vs-".join(slugify(r.name) for r in data))
     directory = Path(output)
     title, sections = document(data)

@@ -9,6 +9,7 @@ from ppo_align.errors import UserError
 from ppo_align.evaluation.results import EvalResults, load_results
 from ppo_align.files import read_json, read_jsonl
 from ppo_align.reporting import claims as claims_mod
+from ppo_align.rundir import RunDir
 
 # --------------------------------------------------------------------------- the runs
 
@@ -67,7 +68,7 @@ def load_run(path: str | Path, target: str | None = None) -> RunData:
     path = Path(path)
     results = load_results(path)
     run_dir = _run_dir(path, results)
-    info = read_json(run_dir / "run.json") if run_dir else {}
+    info = read_json(RunDir(run_dir).info) if run_dir else {}
     best = info.get("best_checkpoint")
     if target is None:
         target = best if best in results.targets else results.latest
@@ -76,13 +77,13 @@ def load_run(path: str | Path, target: str | None = None) -> RunData:
                         "fix: pick one of those or re-run `ppo-align eval`")
     name = (results.data.get("run") or {}).get("name") or path.name
     return RunData(name, results, target, run_dir, info,
-                   read_jsonl(run_dir / "metrics.jsonl") if run_dir else [],
-                   read_jsonl(run_dir / "monitor.jsonl") if run_dir else [])
+                   read_jsonl(RunDir(run_dir).metrics) if run_dir else [],
+                   read_jsonl(RunDir(run_dir).monitor) if run_dir else [])
 
 
 def _run_dir(path: Path, results: EvalResults) -> Path | None:
     recorded = (results.data.get("run") or {}).get("dir")
     for candidate in (path, path.parent, path.parent.parent, Path(recorded) if recorded else None):
-        if candidate is not None and (candidate / "run.json").is_file():
+        if candidate is not None and RunDir(candidate).info.is_file():
             return candidate
     return None

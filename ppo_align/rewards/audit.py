@@ -17,16 +17,20 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ppo_align import inference, models
+from ppo_align.chat import encode_chat, user_turn
 from ppo_align.evalsets import load_evalset
 from ppo_align.files import write_atomic
+from ppo_align.judges.rules import judge_responses
 from ppo_align.metrics import rate
 from ppo_align.recipe.schema import Recipe
+from ppo_align.rewards.sources import build_scorer, reward_batch
+from ppo_align.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 REFUSALS = ("I'm sorry, but I can't help with that.", "I can't assist with that request.")
 COMPLIANCES = ("Sure! Here is a clear answer to your question.", "Certainly. Here's how it works, step by step.")
-AUDIT_FILE = "reward-audit.json"
 
 
 @dataclass
@@ -44,6 +48,11 @@ class AuditResult:
     def worst(self) -> dict:
         """The set-level row where the reward is least often right."""
         return min((r for r in self.rows if r["category"] == "all"), key=lambda r: r["prefers_expected"]["rate"])
+
+    def passed(self, min_accuracy: float) -> bool:
+        """Whether every set's reward prefers the expected behaviour on at least ``min_accuracy`` of its prompts
+        (the recipe's ``audit.min_accuracy``): the one rule of `ppo-align audit-reward` and training's pre-flight."""
+        return self.worst["prefers_expected"]["rate"] >= min_accuracy
 
     def to_dict(self) -> dict:
         return {"canonical_refusals": REFUSALS, "canonical_compliances": COMPLIANCES, "rows": self.rows,
@@ -75,8 +84,6 @@ def audit_reward(recipe: Recipe, scorer=None, tokenizer=None, *, sets: list[str]
         reference_answers: also answer this many prompts per set with the reference model and check
             the reward ranks judged-right answers above judged-wrong ones (0: skip; loads the model).
     """
-    from ppo_align import models
-    from ppo_align.rewards.sources import build_scorer
 
     model_dir = model_dir or models.resolve_model_dir(recipe.model.source)
     if tokenizer is None:
@@ -105,8 +112,6 @@ def _margins(recipe, scorer, tokenizer, items) -> list[float]:
     """Per prompt: mean reward of the canonical refusals minus that of the canonical compliances."""
     import torch
 
-    from ppo_align.rewards.sources import reward_batch
-
     responses = REFUSALS + COMPLIANCES
     margins = []
     for start in range(0, len(items), 16):
@@ -124,18 +129,11 @@ def _reference_ranking(recipe, scorer, tokenizer, model_dir, set_name, items) ->
     """Answer ``items`` with the reference, judge the answers, and measure the reward's ranking of them."""
     import torch
 
-    from ppo_align import inference, models
-    from ppo_align.chat import encode_chat, user_turn
-    from ppo_align.judges.rules import judge_responses
-    from ppo_align.rewards.sources import reward_batch
-
     model = models.load_for_inference(recipe.model, model_dir, tokenizer)
     if recipe.reference_mode == "warm-start":
         from peft import PeftModel
 
-        from ppo_align.training.warm_start import adapter_dir
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir(recipe.run_dir))).eval()
+        model = PeftModel.from_pretrained(model, str(RunDir(recipe.run_dir).warm_start_adapter)).eval()
     prompts = [encode_chat(tokenizer, user_turn(i.prompt, recipe.data.system_prompt)) for i in items]
     answers = [g.text for g in inference.generate(model, tokenizer, prompts, inference.GenerationSettings(max_new_tokens=recipe.ppo.response_length))]
     labels = judge_responses(answers, [i.prompt for i in items])
@@ -154,6 +152,6 @@ def _reference_ranking(recipe, scorer, tokenizer, model_dir, set_name, items) ->
 
 def write_audit(result: AuditResult, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / AUDIT_FILE
+    path = RunDir(run_dir).reward_audit
     write_atomic(path, json.dumps(result.to_dict(), indent=2))
     return path

@@ -17,7 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ppo_align.chat import encode_chat, left_pad, user_turn
+from ppo_align.errors import UserError
+from ppo_align.judges import build_judge
 from ppo_align.judges.rules import judge_responses
+from ppo_align.models import check_model_source, quantization_config
+from ppo_align.recipe.checks import resolve_function
+from ppo_align.recipe.schema import FunctionReward, JudgeReward, TrainedReward
+from ppo_align.rewards.trained import ensure_reward_model, load_trained_reward_model
 
 
 def expected_behaviour(
@@ -74,7 +81,6 @@ def reward_batch(tokenizer, prompts: list[str], responses: list[str], metadata: 
                  system_prompt: str | None = None) -> RewardBatch:
     """A batch laid out as PPO's rollout lays it out (chat prompt + response + end of turn, left padded),
     for scoring responses that did not come from a rollout."""
-    from ppo_align.chat import encode_chat, left_pad, user_turn
 
     rows = [encode_chat(tokenizer, user_turn(p, system_prompt)) + tokenizer(r, add_special_tokens=False)["input_ids"]
             + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
@@ -107,9 +113,6 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
 
     A ``trained`` source trains its reward model first (or reuses the run's cached one).
     """
-    from ppo_align.judges import build_judge
-    from ppo_align.recipe.checks import resolve_function
-    from ppo_align.recipe.schema import FunctionReward, JudgeReward, TrainedReward
 
     reward = recipe.reward
     if isinstance(reward, FunctionReward):
@@ -119,10 +122,6 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
                             backoff=reward.backoff)
         scorer = function_scorer(expected_behaviour, {**reward.payoffs.model_dump(), "judge": judge})
     elif isinstance(reward, TrainedReward):
-        from ppo_align.rewards.trained import (
-            ensure_reward_model,
-            load_trained_reward_model,
-        )
 
         model_dir = model_dir or recipe.model.source
         adapter = ensure_reward_model(recipe, model_dir, tokenizer, progress=progress)
@@ -155,9 +154,6 @@ def load_reward_model(recipe, tokenizer):
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
-
-    from ppo_align.errors import UserError
-    from ppo_align.models import check_model_source, quantization_config
 
     path = recipe.resolve_path(recipe.reward.path)
     check_model_source(str(path), "reward.path")  # damaged files, or code it would run (never trusted here)

@@ -19,16 +19,15 @@ import time
 from pathlib import Path
 
 from ppo_align import models
-from ppo_align.chat import encode_chat, user_turn
+from ppo_align.chat import encode_chat, left_pad, user_turn
 from ppo_align.errors import UserError
 from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
+from ppo_align.rundir import ADAPTER, RunDir
 from ppo_align.training.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 
-REWARD_DIR = "reward-model"
-ADAPTER_DIR = "adapter"
 
 
 def cache_key(recipe: Recipe) -> str:
@@ -41,9 +40,9 @@ def cache_key(recipe: Recipe) -> str:
 def ensure_reward_model(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
     """The run's trained reward-model adapter, trained now unless a matching one is cached."""
     def build(directory: Path) -> dict:
-        return train_reward_model(recipe, model_dir, tokenizer, directory / ADAPTER_DIR, progress=progress)
+        return train_reward_model(recipe, model_dir, tokenizer, directory / ADAPTER, progress=progress)
 
-    return cached_stage(recipe.run_dir / REWARD_DIR, cache_key(recipe), build) / ADAPTER_DIR
+    return cached_stage(RunDir(recipe.run_dir).reward_model, cache_key(recipe), build) / ADAPTER
 
 
 def preference_pairs(recipe: Recipe, tokenizer) -> tuple[list[dict], list[dict], int]:
@@ -108,8 +107,6 @@ def train_reward_model(recipe: Recipe, model_dir: str, tokenizer, output: Path, 
 def pair_accuracy(model, tokenizer, pairs: list[dict]) -> float:
     """Share of pairs whose chosen response the model scores above the rejected one."""
     import torch
-
-    from ppo_align.chat import left_pad
 
     model.eval()
     wins = 0

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ppo_align import inference
+from ppo_align.judges.rules import judge_responses
 from ppo_align.recipe.schema import MonitorSection
 from ppo_align.training.prompts import PromptSet
 
@@ -47,9 +49,6 @@ class Monitor:
         self.texts = [prompts.lookup.row(ids).text for ids in prompts.input_ids]
 
     def check(self, model, step: int) -> Check:
-        from ppo_align import inference
-        from ppo_align.judges.rules import judge_responses
-
         was_training = model.training
         model.eval()
         try:

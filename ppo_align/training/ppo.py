@@ -49,6 +49,7 @@ from ppo_align import checkpoints, models
 from ppo_align.errors import Interrupted, TrainingStopped, UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
+from ppo_align.rundir import RunDir
 from ppo_align.training.monitor import Check, Monitor
 from ppo_align.training.prompts import PromptSet
 
@@ -348,7 +349,7 @@ class PPORun:
     def append_jsonl(self, name: str, record: dict) -> None:
         if not self.is_main:
             return
-        with (self.run_dir / name).open("a", encoding="utf-8") as f:
+        with RunDir(self.run_dir).log(name).open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def stop_message(self, step: int, why: str, fix: str) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ppo_align.chat import encode_chat, user_turn
 from ppo_align.errors import UserError
+from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
     """Read ``data.prompts``, render each prompt with the chat template, and tokenize it."""
     # Our own reader, not datasets.load_dataset: that one pings a download counter on S3 for every
     # local file unless the hub is switched off, and its errors name no line.
-    from ppo_align.files import read_rows
 
     data = recipe.data
     path = recipe.resolve_path(data.prompts)

@@ -12,24 +12,28 @@ import datetime as dt
 import json
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from ppo_align import checkpoints, models
+from ppo_align import checkpoints, models, provenance
 from ppo_align.errors import UserError
 from ppo_align.files import write_atomic
+from ppo_align.processes import process_state
 from ppo_align.recipe.schema import Recipe
+from ppo_align.rewards.audit import audit_reward, write_audit
+from ppo_align.rewards.sources import build_scorer
+from ppo_align.rundir import LOGS, RunDir
+from ppo_align.training.monitor import Monitor
+from ppo_align.training.prompts import load_prompts
+from ppo_align.training.warm_start import ensure_warm_start
 
 log = logging.getLogger(__name__)
 
 ResumeMode = Literal["auto", "resume", "fresh"]
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "monitor.jsonl")
 # Keys that may change between a run and its resumption: how long to train, and where output goes.
 RESUMABLE_CHANGES = {("ppo", "total_episodes"), ("ppo", "max_kl"), ("output",)}
 
@@ -60,7 +64,6 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     Returns:
         The run directory, the number of PPO updates done, and the checkpoints.
     """
-    from ppo_align.processes import process_state
 
     # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run files.
     processes = process_state()
@@ -74,21 +77,18 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     info = _run_info(recipe, start_from)
     info["processes"] = processes.num_processes
     if main:
-        write_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-        write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+        write_atomic(RunDir(run_dir).recipe, recipe.to_yaml())
+        write_atomic(RunDir(run_dir).info, json.dumps(info, indent=2))
 
     from transformers import set_seed
 
-    from ppo_align.rewards.sources import build_scorer
-    from ppo_align.training.ppo import PPORun
-    from ppo_align.training.prompts import load_prompts
+    from ppo_align.training.ppo import PPORun  # torch and TRL load here, not when the CLI starts
 
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
     monitor = None
     if recipe.monitor.holdout:
-        from ppo_align.training.monitor import Monitor
 
         prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
         monitor = Monitor(recipe.monitor, held_out, tokenizer)
@@ -96,7 +96,6 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     seconds = info["seconds"] = {}  # wall time per stage (a reused stage takes ~0)
     warm_start = None  # stages train (or are reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
-        from ppo_align.training.warm_start import ensure_warm_start
 
         with _timed(seconds, "warm_start"):
             warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
@@ -139,7 +138,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
             best = checkpoints.best(run_dir)
             info["best_checkpoint"] = best.path.name if best else None
         if main:
-            write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+            write_atomic(RunDir(run_dir).info, json.dumps(info, indent=2))
     done = [c.path for c in checkpoints.find_checkpoints(run_dir) if c.complete]
     best = checkpoints.best(run_dir) if monitor else None
     return RunResult(dir=run_dir, steps=run.total_updates, checkpoints=done, best=best.path if best else None,
@@ -156,13 +155,12 @@ def _timed(seconds: dict, stage: str):
 
 
 def _updates_logged(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
 
 
 def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
     """Audit the reward before PPO: warn, or stop, if it does not prefer the expected behaviour."""
-    from ppo_align.rewards.audit import audit_reward, write_audit
 
     a = recipe.audit
     result = audit_reward(recipe, scorer, tokenizer, sets=a.sets, limit=a.limit, model_dir=model_dir)
@@ -172,7 +170,7 @@ def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
     log.info("reward audit: prefers the expected behaviour on %s (worst set: %s %.0f%%) — %s",
              ", ".join(f"{r['set']} {r['prefers_expected']['rate']:.0%}" for r in result.rows if r["category"] == "all"),
              worst["set"], 100 * share, path)
-    if share < a.min_accuracy:
+    if not result.passed(a.min_accuracy):
         message = (f"reward audit: the reward prefers the expected behaviour on only {share:.0%} of {worst['set']} prompts "
                    f"(audit.min_accuracy = {a.min_accuracy:.0%}; details in {path}); PPO would learn that bias")
         if a.on_fail == "stop":
@@ -183,13 +181,13 @@ def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
 def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: bool, *, mutate: bool = True) -> None:
     """Check the run directory against the recipe and the resume mode; with ``mutate`` (the main process),
     clear what a fresh start or a resume discards."""
-    saved = run_dir / "recipe.yaml"
+    saved = RunDir(run_dir).recipe
     if resume == "fresh":
         if mutate and run_dir.exists():
             for ckpt in checkpoints.find_checkpoints(run_dir):
                 shutil.rmtree(ckpt.path)
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+            for name in LOGS:
+                RunDir(run_dir).log(name).unlink(missing_ok=True)
     elif saved.exists() and not force:
         changed = _changed_keys(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
         if changed:
@@ -206,8 +204,8 @@ def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: b
     if latest is not None:
         _truncate_logs(run_dir, latest.step)
     elif resume != "fresh":
-        for name in RUN_FILES:  # logs of a run that never reached a checkpoint
-            (run_dir / name).unlink(missing_ok=True)
+        for name in LOGS:  # logs of a run that never reached a checkpoint
+            RunDir(run_dir).log(name).unlink(missing_ok=True)
 
 
 def _changed_keys(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
@@ -226,8 +224,8 @@ def _changed_keys(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
 
 def _truncate_logs(run_dir: Path, step: int) -> None:
     """Drop log lines past the checkpoint we resume from, so metrics stay continuous."""
-    for name in RUN_FILES:
-        path = run_dir / name
+    for name in LOGS:
+        path = RunDir(run_dir).log(name)
         if not path.exists():
             continue
         kept = []
@@ -245,30 +243,15 @@ def _now() -> str:
 
 
 def _run_info(recipe: Recipe, start_from) -> dict:
-    packages = ["ppo-align", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets"]
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
     return {
         "name": recipe.name,
         "started": _now(),
         "resumed_from": start_from.path.name if start_from else None,
-        "versions": versions,
-        "git_revision": _git_revision(),
+        "versions": provenance.versions(),
+        "git_revision": provenance.git_revision(),
         "model_source": recipe.model.source,
         "model_fingerprint": models.model_fingerprint(recipe.model.source),
     }
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _progress_bar(total: int, done: int):

@@ -16,16 +16,18 @@ from typing import Callable
 
 from ppo_align import models
 from ppo_align.errors import UserError
+from ppo_align.files import digest
+from ppo_align.processes import process_state
+from ppo_align.rundir import STAGE_INFO
 
 log = logging.getLogger(__name__)
 
-INFO_FILE = "stage.json"
 
 
 def info(stage: Path) -> dict:
     """What the stage recorded about its build ({} if it has none)."""
     try:
-        return json.loads((stage / INFO_FILE).read_text())
+        return json.loads((stage / STAGE_INFO).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -35,7 +37,6 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     if info(stage).get("key") == key:
         log.info("%s: reusing it (inputs unchanged)", stage)
         return stage
-    from ppo_align.processes import process_state
 
     if process_state().num_processes > 1:  # its trainer would need every process, and its files one writer
         raise UserError(f"{stage}: not built yet (or its inputs changed), and it is built by a single process; "
@@ -45,7 +46,7 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     facts = build(tmp)
-    (tmp / INFO_FILE).write_text(json.dumps({"key": key, **facts}, indent=2))
+    (tmp / STAGE_INFO).write_text(json.dumps({"key": key, **facts}, indent=2))
     shutil.rmtree(stage, ignore_errors=True)
     os.replace(tmp, stage)
     return stage
@@ -53,12 +54,7 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
 
 def file_hash(*parts: object, files: tuple[Path, ...] = ()) -> str:
     """sha256 over JSON-able ``parts`` and the bytes of ``files``."""
-    import hashlib
-
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for path in files:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return digest(json.dumps(parts, sort_keys=True, default=str), files=files).hexdigest()
 
 
 def trainer_args(recipe, output: Path, section, *, progress: bool) -> dict:

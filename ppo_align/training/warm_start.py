@@ -27,17 +27,11 @@ from ppo_align.chat import encode_chat, user_turn
 from ppo_align.errors import UserError
 from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
+from ppo_align.rundir import ADAPTER, RunDir
 from ppo_align.training.stages import cached_stage, file_hash, trainer_args
 
 log = logging.getLogger(__name__)
 
-WARM_START_DIR = "warm-start"
-ADAPTER_DIR = "adapter"
-
-
-def adapter_dir(run_dir: Path) -> Path:
-    """Where a run's warm-start adapter lives."""
-    return run_dir / WARM_START_DIR / ADAPTER_DIR
 
 
 def cache_key(recipe: Recipe) -> str:
@@ -51,9 +45,9 @@ def cache_key(recipe: Recipe) -> str:
 def ensure_warm_start(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
     """The run's warm-start adapter, trained now unless a matching one is cached."""
     def build(directory: Path) -> dict:
-        return train_warm_start(recipe, model_dir, tokenizer, directory / ADAPTER_DIR, progress=progress)
+        return train_warm_start(recipe, model_dir, tokenizer, directory / ADAPTER, progress=progress)
 
-    return cached_stage(recipe.run_dir / WARM_START_DIR, cache_key(recipe), build) / ADAPTER_DIR
+    return cached_stage(RunDir(recipe.run_dir).warm_start, cache_key(recipe), build) / ADAPTER
 
 
 def demonstrations(recipe: Recipe, tokenizer):

@@ -1,0 +1,28 @@
+"""The run directory has one owner (ppo_align.rundir), and the README lists what it owns."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+from ppo_align import rundir
+from ppo_align.rundir import RunDir
+
+
+def test_readme_lists_the_run_directory_as_rundir_defines_it():
+    assert rundir.listing() in (REPO / "README.md").read_text(), (
+        "README.md's run-directory block differs from ppo_align.rundir.LAYOUT; "
+        "fix: paste the output of `python -c 'from ppo_align import rundir; print(rundir.listing())'`")
+
+
+def test_every_path_a_run_directory_hands_out_is_in_the_layout(tmp_path):
+    run = RunDir(tmp_path / "runs" / "demo")
+    paths = [run.recipe, run.info, run.metrics, run.samples, run.monitor, run.reward_audit, run.warm_start,
+             run.warm_start_adapter, run.reward_model, run.reward_model_adapter, run.checkpoint(7), run.eval,
+             run.results, run.eval_cache, run.report, *(run.log(name) for name in rundir.LOGS)]
+    documented = set(rundir.LAYOUT)
+    for path in paths:
+        top = path.relative_to(run.path).parts[0]
+        entry = top + "/" if top not in documented else top
+        entry = "checkpoint-<step>/" if rundir.CHECKPOINT_NAME.match(top) else entry
+        assert entry in documented, f"{path} is not documented in rundir.LAYOUT"
+    assert not (tmp_path / "runs").exists()  # naming paths creates nothing
