@@ -7,8 +7,8 @@ Two kinds of passes over a loaded model:
   default, optionally several sampled responses per prompt with fixed seeds.
 * :func:`score` — teacher-forced log-probabilities of given continuations
   (a response, a refusal opener, a knowledge answer), optionally with the
-  exact per-token KL to the reference computed on the same loaded model with
-  its adapters switched off.
+  exact KL to the reference at every token, summed over the continuation, computed on the same
+  loaded model with its adapters switched off.
 """
 
 from __future__ import annotations

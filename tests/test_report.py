@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_recipe_dict, write_jsonl
 
 from ppo_align import evaluate, load_recipe, report, train
-from ppo_align.evaluation.results import EvalResults
+from ppo_align.evaluation.results import EvalResults, load_results
 from ppo_align.metrics import group_metrics, shift_metrics
 from ppo_align.reporting import claims
 
@@ -278,3 +278,19 @@ def test_results_file_has_one_schema_for_writer_and_reader(evaluated_run, tmp_pa
     del older["git_revision"]
     (tmp_path / "results.json").write_text(json.dumps(older))
     assert load_results(tmp_path).targets == saved.targets
+
+
+def test_report_says_when_the_eval_judge_is_the_rewards_own(evaluated_run):
+    """The tiny run's reward is expected_behaviour, which pays for the rule judge's labels, and the eval
+    judged with rules too: results.json and the report must say so, and the report shows the judge's
+    measured agreement beside the always-one-label baseline."""
+    from ppo_align.reporting.document import judge_independence
+
+    judge = load_results(evaluated_run).data["judge"]
+    assert judge["same_as_reward"] is True and judge["reward_judge"] == f"{judge['name']}@{judge['version']}"
+    text = (report([evaluated_run]).directory / "report.md").read_text()
+    assert "The eval judge is also this run's reward" in text
+    assert "independently judged" not in text
+    assert "kappa" in text and "always '" in text  # agreement on the gold sets, beside the trivial baseline
+    assert "independent of the reward" in judge_independence({**judge, "same_as_reward": False})
+    assert judge_independence({**judge, "same_as_reward": None, "reward_judge": None}) == ""

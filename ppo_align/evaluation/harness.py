@@ -167,7 +167,10 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
                 records[target.name][evalset.name] = _labelled(entry, evalset, judge, cache)
     finally:
         session.close()
-    judge_info = {"name": judge.name, "version": judge.version, "validation": {}}
+    judge_info = {"name": judge.name, "version": judge.version, "validation": {},
+                  # Whether the eval judge is the one the reward paid for (None: not known, e.g. `eval --model`).
+                  "reward_judge": job.reward_judge,
+                  "same_as_reward": job.reward_judge == f"{judge.name}@{judge.version}" if job.reward_judge else None}
     for gold in JUDGE_GOLD_SETS:
         try:
             judge_info["validation"][gold] = validate_judge(judge, load_evalset(gold)).to_dict()

@@ -167,6 +167,9 @@ class EvalResults:
         if latest:
             parts.append(Text(f"{len(latest)} prompts changed refusal between the reference and {self.latest} "
                               "(both responses of each under \"flips\" in results.json)"))
+        if self.data["judge"].get("same_as_reward"):
+            parts.append(Text(f"warning: the eval judge is also this run's reward ({self.data['judge']['reward_judge']}); "
+                              "it cannot show PPO pleasing the judge without doing what was asked", style="yellow"))
         computed = len(self.data["computed"])
         # Text, not markup: a path or target name with brackets in it is printed as it is.
         done = Text.assemble(("done", "green"), f": {self.path} ({computed} target×set evaluations computed, "

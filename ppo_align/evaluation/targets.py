@@ -14,6 +14,7 @@ from ppo_align.inference import GenerationSettings
 from ppo_align.models import safetensors_problem
 from ppo_align.recipe.load import load_recipe
 from ppo_align.recipe.schema import EvalSection, ModelSection, Recipe
+from ppo_align.rewards.sources import reward_judge
 from ppo_align.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class EvalJob:
     run: dict | None = None
     reference_adapter: Path | None = None
     """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
+    reward_judge: str | None = None
+    """name@version of the judge the run's reward pays for (see :func:`ppo_align.rewards.sources.reward_judge`)."""
 
 
 # --------------------------------------------------------------------------- jobs
@@ -108,7 +111,8 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
     return EvalJob(out_dir=RunDir(run_dir).eval, model=recipe.model, system_prompt=recipe.data.system_prompt,
                 targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
-                limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter)
+                limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter,
+                  reward_judge=reward_judge(recipe))
 
 
 def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,

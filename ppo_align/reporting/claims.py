@@ -87,7 +87,7 @@ def kl_within_budget(results: EvalResults, target: str, training_metrics: list[d
     step = _step(results, target)
     eval_kl = ", ".join(f"{s} {results.metric(target, s)['kl']:.3f}" for s in results.data["evalsets"]
                         if _has(results, target, s) and results.metric(target, s).get("kl") is not None)
-    eval_part = f"eval KL per token to the reference: {eval_kl}" if eval_kl else "no eval KL"
+    eval_part = f"eval KL to the reference per response (summed over its tokens): {eval_kl}" if eval_kl else "no eval KL"
     logged = [m for m in training_metrics if m.get("step") is not None and m["step"] <= (step or 0) and "kl" in m]
     if max_kl is None:
         return Claim(name, NOT_APPLICABLE, f"the recipe sets no ppo.max_kl; {eval_part}")

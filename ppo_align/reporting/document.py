@@ -56,6 +56,9 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
         f"{target}); the evidence gives the numbers behind the verdict.",
         Table(["claim", "verdict", "evidence"], claim_rows)])
     figures = Section(f"{prefix}where behaviour moved")
+    # "Independently judged" only when it is: the reward's own judge cannot show the reward being gamed.
+    judged = "independently judged" if res.data["judge"].get("same_as_reward") is False else (
+        "judged (by the reward's own judge)" if res.data["judge"].get("same_as_reward") else "judged")
     slug = slugify(run.name)
     for name, make, caption in (
         ("behaviour", lambda: plots.behaviour_vs_step(res),
@@ -72,7 +75,7 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
             [_reward_at(run, run.step_of(t)) for t in res.targets[1:]],
             [run.judged_as_expected(t) for t in res.targets[1:]],
             [(m["step"], m["refusal"]) for m in run.monitor]),
-         "Training reward beside independently judged behaviour (eval sets) and the training-time monitor: "
+         f"Training reward beside {judged} behaviour (eval sets) and the training-time monitor: "
          "reward rising while judged behaviour stays flat is reward hacking."),
     ):
         fig = make()
@@ -91,8 +94,8 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
 def _overview(run: RunData) -> str:
     res = run.results.data
     judge = res["judge"]
-    agreement = ", ".join(f"{name} {100 * v['agreement']:.1f}%" for name, v in judge.get("validation", {}).items()
-                          if isinstance(v, dict) and v.get("agreement") is not None)
+    agreement = "; ".join(_agreement(name, v) for name, v in judge.get("validation", {}).items()
+                          if isinstance(v, dict) and v.get("accuracy") is not None)
     sets = ", ".join(f"{name} ({s['n']} prompts)" for name, s in res["evalsets"].items())
     status = run.info.get("status", "unknown")
     best = run.info.get("best_checkpoint")
@@ -102,9 +105,31 @@ def _overview(run: RunData) -> str:
         f"Evaluated {', '.join(run.results.targets)} on {sets} (limit {res.get('limit') or 'none'}), "
         f"greedy, {res['generation'].get('max_new_tokens')} new tokens.",
         f"Judge: {judge['name']} v{judge['version']}" + (f", agreement with gold labels: {agreement}." if agreement else "."),
+        judge_independence(judge),
         f"Reported: reference → {run.target}.",
     ]
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
+
+
+def _agreement(name: str, validation: dict) -> str:
+    """A judge's accuracy on a gold set beside what always giving the most common gold label would score."""
+    support = {label: stats.get("support", 0) for label, stats in validation.get("per_label", {}).items()}
+    text = f"{name} {validation['accuracy']:.1%} (kappa {validation['kappa']:.2f}"
+    if support and validation.get("n"):
+        label = max(support, key=support.get)
+        text += f"; always '{label}' scores {support[label] / validation['n']:.1%}"
+    return text + f", n = {validation.get('n')})"
+
+
+def judge_independence(judge: dict) -> str:
+    """Whether the eval judge is the reward's own judge, said plainly (empty when it is not known)."""
+    if judge.get("same_as_reward"):
+        return (f"The eval judge is also this run's reward ({judge['reward_judge']}): PPO was trained to please it, "
+                "so these numbers cannot show PPO learning to satisfy the judge without doing what was asked; "
+                "check the judge on this run's own outputs before trusting the headline.")
+    if judge.get("same_as_reward") is False:
+        return f"The eval judge is independent of the reward's judge ({judge['reward_judge']})."
+    return ""
 
 
 def _headline_table(results: EvalResults, target: str) -> Table:
@@ -121,7 +146,7 @@ def _headline_table(results: EvalResults, target: str) -> Table:
                          format_delta(change) if change else "", f"+{change['gained']}/−{change['lost']}" if change else "",
                          format_p(change["p_value"]) if change else ""])
         if now.get("kl") is not None and target != reference:
-            rows.append([evalset, "KL to reference (per token)", "0", f"{now['kl']:.4f}", "", "", ""])
+            rows.append([evalset, "KL to reference (per response, summed over its tokens)", "0", f"{now['kl']:.4f}", "", "", ""])
     return Table(["set", "metric", "reference", target, "change, pts [95% CI]", "flips +/−", "McNemar p"], rows)
 
 

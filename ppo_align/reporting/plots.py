@@ -164,7 +164,7 @@ def reward_kl_tradeoff(points: dict[str, list[tuple[int, float, float]]]) -> Fig
 
 def reward_vs_judge(steps: list[int], reward: list[float | None], judged: list[float | None],
                     monitor: list[tuple[int, dict[str, float]]]) -> Figure | None:
-    """The reward-hacking panel: training reward next to independently judged behaviour.
+    """The reward-hacking panel: training reward next to judged behaviour (independent only if the eval judge is not the reward's).
 
     ``judged``: share of eval prompts whose judged behaviour is the expected one, per checkpoint.
     Reward climbing while this stays flat means the policy is learning the reward, not the behaviour.
@@ -188,7 +188,7 @@ def reward_vs_judge(steps: list[int], reward: list[float | None], judged: list[f
     right.set_ylim(0, 100)
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     right.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower right")
-    ax.set_title("reward vs independently judged behaviour")
+    ax.set_title("training reward vs judged behaviour")
     fig.tight_layout()
     return fig
 

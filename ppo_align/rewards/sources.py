@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from ppo_align.chat import encode_chat, left_pad, user_turn
 from ppo_align.errors import UserError
 from ppo_align.judges import build_judge
-from ppo_align.judges.rules import judge_responses
+from ppo_align.judges.rules import RuleJudge, judge_responses
 from ppo_align.models import check_model_source, quantization_config
 from ppo_align.recipe.checks import resolve_function
 from ppo_align.recipe.schema import FunctionReward, JudgeReward, TrainedReward
@@ -106,6 +106,26 @@ def model_scorer(model, pad_token_id: int) -> Scorer:
         return logits[:, 0]
 
     return score
+
+
+def reward_judge(recipe) -> str | None:
+    """``name@version`` of the judge whose labels the recipe's reward pays for, or None when the reward uses no
+    judge ppo-align knows of (a trained or classifier reward model, a custom function).
+
+    The eval harness compares it with its own judge: an eval judged by the reward's judge cannot see PPO
+    learning to please that judge (deflecting instead of refusing, say), and the results must say so.
+    """
+    reward = recipe.reward
+    try:
+        if isinstance(reward, JudgeReward):
+            judge = build_judge(reward.judge, token_env=reward.token_env)  # identity only: nothing is called
+        elif isinstance(reward, FunctionReward) and resolve_function(reward.function, recipe) is expected_behaviour:
+            judge = RuleJudge()  # expected_behaviour labels with the rule judge
+        else:
+            return None
+    except UserError:  # the judge's files are gone since training: say nothing rather than guess
+        return None
+    return f"{judge.name}@{judge.version}"
 
 
 def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: bool = True) -> Scorer:
