@@ -294,18 +294,24 @@ def report_command(
 
 @app.command("judge")
 def judge_command(
-    file: Path = typer.Argument(..., help="JSONL or CSV file with a prompt and a response per row."),
+    file: Optional[Path] = typer.Argument(None, help="JSONL or CSV file with a prompt and a response per row."),
     judge: str = typer.Option("rules", "--judge", "-j", help="rules (default), a local classifier model directory, or an http(s) URL."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
     response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
     label_field: str = typer.Option("label", "--label-field", help="Column of gold labels (comply/partial/refuse), used when present."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the rows with an added judge_label column here (JSONL)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the rows with an added judge_label column here (JSONL); with --review, where the sheet goes (CSV)."),
     token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
+    review: Optional[Path] = typer.Option(None, "--review", metavar="RUN", help="Instead: write a labelling sheet of this evaluated run's own responses (every flip + a random sample) to label by hand."),
+    sample: int = typer.Option(50, "--sample", min=0, help="With --review: how many responses besides the flips."),
 ) -> None:
     """Label (prompt, response) rows as comply, partial or refuse, and measure a judge on your own data.
 
     With gold labels in the file (--label-field, default `label`) it prints the judge's agreement,
     Cohen's kappa and the confusion matrix: check a judge there before trusting its eval numbers.
+
+    Before trusting a run's headline, check the judge on that run's own outputs: `ppo-align judge --review
+    runs/NAME` writes runs/NAME/eval/review.csv (or -o); fill its label column by the guide in
+    evalsets/LABELS.md, then `ppo-align judge runs/NAME/eval/review.csv`.
 
     Examples: `ppo-align judge my-gold.jsonl` (the rule judge against your labels),
     `ppo-align judge outputs.csv --response-field completion -o labeled.jsonl`,
@@ -315,6 +321,17 @@ def judge_command(
     from ppo_align.judges import build_judge
     from ppo_align.judges.agreement import label_file
 
+    if review is not None:
+        from ppo_align.evaluation.review import review_sheet
+
+        path, flipped, sampled = review_sheet(review, output, sample=sample)
+        out.print(f"[green]wrote[/green] {path}: {flipped} responses whose refusal flipped and {sampled} sampled; "
+                  f"fill its label column (comply / partial / refuse, by evalsets/LABELS.md), then "
+                  f"`ppo-align judge {path}`", highlight=False)
+        return
+    if file is None:
+        raise UserError("ppo-align judge: no FILE; fix: name a JSONL/CSV file of prompts and responses, "
+                        "or write one from a run with --review RUN")
     result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
                         response_field=response_field, label_field=label_field)
     counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())

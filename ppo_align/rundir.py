@@ -23,7 +23,7 @@ LAYOUT: dict[str, str] = {
     "warm-start/": "adapter/ (the warm-start LoRA, PPO's reference) and stage.json (input hash, loss, time)",
     "reward-model/": "adapter/ (a reward model trained from preference pairs) and stage.json (held-out accuracy)",
     "checkpoint-<step>/": "policy/, value/, state/ (optimizer, RNG, scheduler.json), progress.json, COMPLETE (last)",
-    "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records) and cache/",
+    "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv",
     "report/": "report.md, report.html (self-contained) and plots/",
 }
 
@@ -114,6 +114,11 @@ class RunDir:
     @property
     def eval_cache(self) -> Path:
         return self.eval / EVAL_CACHE
+
+    @property
+    def review_sheet(self) -> Path:
+        """The labelling sheet of the run's own responses (`ppo-align judge --review`)."""
+        return self.eval / "review.csv"
 
     @property
     def report(self) -> Path:

@@ -294,3 +294,72 @@ def test_report_says_when_the_eval_judge_is_the_rewards_own(evaluated_run):
     assert "kappa" in text and "always '" in text  # agreement on the gold sets, beside the trivial baseline
     assert "independent of the reward" in judge_independence({**judge, "same_as_reward": False})
     assert judge_independence({**judge, "same_as_reward": None, "reward_judge": None}) == ""
+
+
+def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_path, run_cli):
+    """`judge --review RUN` writes every flip (both sides) and a seeded sample, prompts filled in, labels empty
+    and the judge's own labels left out; once labelled, `judge SHEET` reports agreement on the run's outputs."""
+    import csv
+
+    results = load_results(evaluated_run).data
+    code, out, err = run_cli("judge", "--review", evaluated_run, "--sample", 6)
+    assert code == 0, err
+    sheet = evaluated_run / "eval" / "review.csv"
+    with sheet.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    flips = {(f["target"], f["set"], f["id"]) for f in results["flips"]}
+    flip_rows = [r for r in rows if r["why"] == "flip"]
+    assert {(r["target"], r["set"], r["id"]) for r in flip_rows if r["target"] != "reference"} == flips
+    assert len(flip_rows) >= len(flips) and sum(r["why"] == "sample" for r in rows) == 6
+    assert all(r["prompt"] and r["label"] == "" for r in rows) and "judge_label" not in rows[0]
+    assert run_cli("judge", "--review", evaluated_run, "--sample", 6)[0] == 0
+    assert list(csv.DictReader(sheet.open(newline=""))) == rows  # seeded: the same sheet again
+
+    # A person labels it; here the eval's own labels stand in for the person, so agreement must be 100%.
+    judged = {(t, s, r["id"]): r["label"] for t, sets in results["records"].items() for s, recs in sets.items()
+              for r in recs}
+    for r in rows:
+        r["label"] = judged[(r["target"], r["set"], r["id"])]
+    labelled = tmp_path / "labelled.csv"
+    with labelled.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, out, err = run_cli("judge", labelled)
+    assert code == 0, err
+    assert f"agreement 100.0% (n={len(rows)})" in out
+
+    rows[0]["label"] = "partial" if rows[0]["label"] != "partial" else "comply"  # one disagreement
+    with labelled.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert f"agreement {100 * (len(rows) - 1) / len(rows):.1f}% (n={len(rows)})" in run_cli("judge", labelled)[1]
+
+
+def test_judge_without_a_file_or_review_is_a_clear_error(run_cli):
+    code, _, err = run_cli("judge")
+    assert code == 2 and "no FILE" in err and "--review" in err
+
+
+def test_review_sheet_holds_both_sides_of_every_flip(evaluated_run, tmp_path):
+    """The tiny run may flip nothing, so a copy gets one flip written into its results (reader-checked)."""
+    import csv
+
+    from ppo_align.evaluation.results import save_results
+    from ppo_align.evaluation.review import review_sheet
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    data = load_results(run).data
+    target, evalset = data["targets"][-1]["name"], next(iter(data["evalsets"]))
+    ref, now = data["records"]["reference"][evalset][0], data["records"][target][evalset][0]
+    data["flips"] = [{"target": target, "step": data["targets"][-1]["step"], "set": evalset, "prompt": "the prompt",
+                      "id": now["id"], "category": now["category"], "expected": now["expected"],
+                      "direction": "comply→refuse", "reference_response": ref["response"], "response": now["response"]}]
+    save_results(data, run / "eval")
+    path, flipped, sampled = review_sheet(run, sample=0)
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert (flipped, sampled) == (2, 0)
+    assert [(r["target"], r["why"], r["prompt"], r["response"]) for r in rows] == [
+        ("reference", "flip", "the prompt", ref["response"]), (target, "flip", "the prompt", now["response"])]

@@ -18,7 +18,7 @@ def test_every_path_a_run_directory_hands_out_is_in_the_layout(tmp_path):
     run = RunDir(tmp_path / "runs" / "demo")
     paths = [run.recipe, run.info, run.metrics, run.samples, run.monitor, run.reward_audit, run.warm_start,
              run.warm_start_adapter, run.reward_model, run.reward_model_adapter, run.checkpoint(7), run.eval,
-             run.results, run.eval_cache, run.report, *(run.log(name) for name in rundir.LOGS)]
+             run.results, run.eval_cache, run.review_sheet, run.report, *(run.log(name) for name in rundir.LOGS)]
     documented = set(rundir.LAYOUT)
     for path in paths:
         top = path.relative_to(run.path).parts[0]

@@ -1,0 +1,70 @@
+"""A labelling sheet of a run's own eval responses, to check the judge on what this run actually says.
+
+A judge's agreement on the shipped gold sets says little about a trained policy's new ways of answering
+(deflections the judge has never seen, say). ``ppo-align judge --review RUN`` writes every prompt whose
+refusal flipped (the reference's and the checkpoint's response, one row each) plus a seeded random sample of
+the other responses, with an empty ``label`` column. A person fills it in under ``evalsets/LABELS.md``; then
+``ppo-align judge SHEET`` measures the judge against those labels. The judge's own labels are left out of the
+sheet so they cannot anchor the person labelling.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from pathlib import Path
+
+from ppo_align.errors import UserError
+from ppo_align.evalsets import load_evalset
+from ppo_align.evaluation.results import load_results
+from ppo_align.evaluation.targets import REFERENCE, job_for_run
+from ppo_align.files import write_atomic
+from ppo_align.rundir import RunDir
+
+COLUMNS = ("target", "set", "id", "why", "prompt", "response", "label")
+
+
+def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: int = 50, seed: int = 0) -> tuple[Path, int, int]:
+    """Write the sheet (CSV) for an evaluated run; return its path, the number of flip rows and of sampled rows."""
+    run_dir = Path(run)
+    results = load_results(run_dir)
+    if not RunDir(run_dir).info.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no run.json); fix: pass runs/NAME, evaluated with `ppo-align eval`")
+    prompts = _prompts(run_dir, results.data["evalsets"])
+    rows, seen = [], set()
+    for flip in results.data["flips"]:
+        for target, response in ((REFERENCE, flip["reference_response"]), (flip["target"], flip["response"])):
+            key = (target, flip["set"], flip["id"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(_row(key, "flip", flip.get("prompt") or prompts.get((flip["set"], flip["id"]), ""), response))
+    flipped = len(rows)
+    others = [(target, evalset, record) for target, sets in results.data["records"].items()
+              for evalset, records in sets.items() for record in records
+              if (target, evalset, record["id"]) not in seen]
+    for target, evalset, record in random.Random(seed).sample(others, min(sample, len(others))):
+        rows.append(_row((target, evalset, record["id"]), "sample", prompts.get((evalset, record["id"]), ""),
+                         record["response"]))
+    path = Path(output) if output is not None else RunDir(run_dir).review_sheet
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+    return path, flipped, len(rows) - flipped
+
+
+def _row(key: tuple, why: str, prompt: str, response: str) -> dict:
+    target, evalset, item = key
+    return {"target": target, "set": evalset, "id": item, "why": why, "prompt": prompt, "response": response, "label": ""}
+
+
+def _prompts(run_dir: Path, evaluated: dict) -> dict[tuple[str, str], str]:
+    """(set, id) -> prompt, from the eval sets the run's recipe names (records keep ids, not prompts)."""
+    found = {}
+    for source in job_for_run(run_dir).sets:
+        evalset = load_evalset(source)
+        if evalset.name in evaluated:
+            found.update({(evalset.name, item.id): item.prompt for item in evalset.items})
+    return found
