@@ -112,12 +112,15 @@ def write_checkpoint(run_dir: Path, step: int, progress: dict, write: Callable[[
 
 
 def prune(run_dir: Path, keep: int | None) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints (None keeps all)."""
+    """Delete all but the newest ``keep`` complete checkpoints (None keeps all), and never the run's best:
+    an older checkpoint that passed the behaviour check may be the one worth keeping."""
     if keep is None:
         return
     complete = [c for c in find_checkpoints(run_dir) if c.complete]
+    kept_best = best(run_dir)
     for old in complete[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        if kept_best is None or old.path != kept_best.path:
+            shutil.rmtree(old.path, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

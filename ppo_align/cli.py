@@ -99,6 +99,10 @@ def list_recipes() -> None:
     """List the recipes shipped with ppo-align, with one-line descriptions."""
     from ppo_align.recipe.load import shipped_recipes
 
+    if not out.is_terminal:  # data for a pipe: whole names, one tab-separated line each, never cut to a width
+        for r in shipped_recipes():
+            sys.stdout.write(f"{r.name}\t{r.description}\t{r.path}\n")
+        return
     table = Table("name", "description", "file", box=None)
     for r in shipped_recipes():
         table.add_row(r.name, r.description, str(r.path))
@@ -113,7 +117,8 @@ def recipe_show(
     """Print the fully resolved recipe, every default filled in."""
     from ppo_align.recipe.load import load_recipe
 
-    out.print(load_recipe(recipe, overrides, check_resources=False).to_yaml(), end="", markup=False, highlight=False)
+    # Written as it is: rich would wrap long lines at the terminal's width and break the YAML (`> my.yaml`).
+    sys.stdout.write(load_recipe(recipe, overrides, check_resources=False).to_yaml())
 
 
 @app.command()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import yaml
 from conftest import REPO
 
 from ppo_align import __version__
@@ -34,6 +35,21 @@ def test_missing_file_is_one_line(run_cli):
 def test_recipes_lists_shipped(run_cli):
     code, out, _ = run_cli("recipes")
     assert code == 0 and "smollm2-refusal-boundary" in out
+
+
+def test_data_written_to_a_pipe_is_never_wrapped_or_cut(run_cli):
+    """`recipes` piped gives whole names; `recipe show NAME > my.yaml` is the recipe exactly, however long
+    its lines, and a shipped name with a dot in it is found by name."""
+    from ppo_align import load_recipe, shipped_recipes
+
+    code, out, _ = run_cli("recipes")
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == [r.name for r in shipped_recipes()]
+    dotted = next(r.name for r in shipped_recipes() if "." in r.name)
+    long_value = "x" * 150
+    code, out, err = run_cli("recipe", "show", dotted, "--set", f"data.system_prompt={long_value}")
+    assert code == 0, err
+    assert out == load_recipe(dotted, [f"data.system_prompt={long_value}"], check_resources=False).to_yaml()
+    assert yaml.safe_load(out)["data"]["system_prompt"] == long_value
 
 
 def test_recipe_show_fills_defaults(run_cli):

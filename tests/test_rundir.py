@@ -26,3 +26,20 @@ def test_every_path_a_run_directory_hands_out_is_in_the_layout(tmp_path):
         entry = "checkpoint-<step>/" if rundir.CHECKPOINT_NAME.match(top) else entry
         assert entry in documented, f"{path} is not documented in rundir.LAYOUT"
     assert not (tmp_path / "runs").exists()  # naming paths creates nothing
+
+
+def test_pruning_old_checkpoints_keeps_the_best(tmp_path):
+    """keep_checkpoints keeps the newest N and never deletes the checkpoint the behaviour rules chose."""
+    import json
+
+    from ppo_align import checkpoints
+
+    run = RunDir(tmp_path / "run")
+    for step, ok in ((1, False), (2, True), (3, False), (4, False)):
+        path = run.checkpoint(step)
+        path.mkdir(parents=True)
+        (path / checkpoints.PROGRESS).write_text(json.dumps({"monitor": {"ok": ok}}))
+        (path / checkpoints.COMPLETE).write_text("")
+    checkpoints.prune(run.path, keep=1)
+    assert [c.step for c in checkpoints.find_checkpoints(run.path)] == [2, 4]
+    assert checkpoints.best(run.path).step == 2

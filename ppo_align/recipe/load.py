@@ -61,12 +61,13 @@ def _read_source(source: str | Path | dict) -> tuple[dict, str, Path]:
     if isinstance(source, dict):
         return _deep_copy(source), "recipe", Path.cwd()
     path = Path(source).expanduser()
-    if not path.exists() and not path.suffix:
+    if not path.exists():  # a shipped recipe's name (which may hold a dot: qwen2.5-7b-...) rather than a path
         shipped = {r.name: r.path for r in shipped_recipes()}
         if str(source) in shipped:
             path = shipped[str(source)]
     if not path.is_file():
-        hint = "" if path.suffix else f"; shipped recipes: {', '.join(r.name for r in shipped_recipes())}"
+        is_yaml_path = path.suffix in (".yaml", ".yml")
+        hint = "" if is_yaml_path else f"; shipped recipes: {', '.join(r.name for r in shipped_recipes())}"
         raise UserError(f"{source}: no such recipe file; fix: check the path (`ppo-align recipes` lists shipped ones){hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -302,7 +302,7 @@ class OutputSection(Section):
     name: str | None = None
     """Run directory name. Default: the recipe's name."""
     keep_checkpoints: int | None = Field(None, ge=1)
-    """Keep only the newest this many checkpoints (default: keep all, since eval compares them)."""
+    """Keep only the newest this many checkpoints, plus the best by the behaviour rules (default: keep all, since eval compares them)."""
     sample_every: int = Field(5, ge=1)
     """Write prompt/response/reward samples to samples.jsonl every this many PPO updates."""
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = []
