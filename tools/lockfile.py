@@ -22,6 +22,8 @@ HEADER = """\
 """
 # The project itself is installed editable from the tree, never from the lock.
 SELF = "ppo-align"
+# pip and its build tools belong to the environment, not to the stack under test.
+ENVIRONMENT_TOOLS = ("pip", "setuptools", "wheel")
 
 
 def canonical(name: str) -> str:
@@ -56,8 +58,7 @@ def read(lock: Path) -> dict[str, str]:
 
 
 def write(lock: Path) -> None:
-    # pip and its build tools belong to the environment, not to the stack under test.
-    pins = {name: v for name, v in installed().items() if name not in ("pip", "setuptools", "wheel")}
+    pins = {name: v for name, v in installed().items() if name not in ENVIRONMENT_TOOLS}
     lock.write_text(HEADER + "".join(f"{name}=={pins[name]}\n" for name in sorted(pins)))
     print(f"{lock}: {len(pins)} pins")
 
@@ -67,7 +68,7 @@ def differences(lock: dict[str, str], env: dict[str, str]) -> list[str]:
     lines = [f"{name}: {lock[name]} -> {env.get(name, 'not installed')}"
              for name in sorted(lock) if env.get(name) != lock[name]]
     lines += [f"{name}: not locked -> {env[name]}" for name in sorted(set(env) - set(lock))
-              if name not in ("pip", "setuptools", "wheel")]
+              if name not in ENVIRONMENT_TOOLS]
     return lines
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from ppo_align.errors import UserError
 from ppo_align.evalsets import load_evalset
 from ppo_align.evaluation.results import load_results
-from ppo_align.evaluation.targets import REFERENCE, job_for_run
+from ppo_align.evaluation.targets import REFERENCE
 from ppo_align.files import write_atomic
+from ppo_align.recipe.load import load_recipe
 from ppo_align.rundir import RunDir
 
 COLUMNS = ("target", "set", "id", "why", "prompt", "response", "label")
@@ -63,7 +64,7 @@ def _row(key: tuple, why: str, prompt: str, response: str) -> dict:
 def _prompts(run_dir: Path, evaluated: dict) -> dict[tuple[str, str], str]:
     """(set, id) -> prompt, from the eval sets the run's recipe names (records keep ids, not prompts)."""
     found = {}
-    for source in job_for_run(run_dir).sets:
+    for source in load_recipe(RunDir(run_dir).recipe, check_resources=False).eval.sets:
         evalset = load_evalset(source)
         if evalset.name in evaluated:
             found.update({(evalset.name, item.id): item.prompt for item in evalset.items})

@@ -89,7 +89,6 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
     reference_adapter = None
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
     if recipe.reference_mode == "warm-start":
-
         reference_adapter = RunDir(run_dir).warm_start_adapter
         if not (reference_adapter / "adapter_config.json").is_file():
             raise UserError(f"{run_dir}: its reference is the warm start, but {reference_adapter} holds no adapter; "
@@ -112,7 +111,7 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
     return EvalJob(out_dir=RunDir(run_dir).eval, model=recipe.model, system_prompt=recipe.data.system_prompt,
                 targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
                 limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter,
-                  reward_judge=reward_judge(recipe))
+                reward_judge=reward_judge(recipe))
 
 
 def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,

@@ -113,7 +113,6 @@ def validate_judge(judge: Judge, examples=None) -> Agreement:
     ``response`` and ``label`` (objects or dicts).
     """
     if examples is None:
-
         examples = load_evalset("judge_validation")
     rows = list(getattr(examples, "items", examples))
     get = (lambda row, key: row[key]) if rows and isinstance(rows[0], dict) else getattr

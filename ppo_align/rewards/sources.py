@@ -119,7 +119,10 @@ def reward_judge(recipe) -> str | None:
     try:
         if isinstance(reward, JudgeReward):
             judge = build_judge(reward.judge, token_env=reward.token_env)  # identity only: nothing is called
-        elif isinstance(reward, FunctionReward) and resolve_function(reward.function, recipe) is expected_behaviour:
+        elif (isinstance(reward, FunctionReward) and not reward.function.rpartition(":")[0].endswith(".py")
+              and resolve_function(reward.function, recipe) is expected_behaviour):
+            # A module function is imported to compare (ppo-align's own, or an alias of it); a user's .py file is
+            # never run by eval just to ask, so a custom function counts as unknown.
             judge = RuleJudge()  # expected_behaviour labels with the rule judge
         else:
             return None
@@ -142,7 +145,6 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
                             backoff=reward.backoff)
         scorer = function_scorer(expected_behaviour, {**reward.payoffs.model_dump(), "judge": judge})
     elif isinstance(reward, TrainedReward):
-
         model_dir = model_dir or recipe.model.source
         adapter = ensure_reward_model(recipe, model_dir, tokenizer, progress=progress)
         scorer = model_scorer(load_trained_reward_model(recipe, model_dir, tokenizer, adapter), tokenizer.pad_token_id)

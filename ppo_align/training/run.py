@@ -89,14 +89,12 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     prompts = load_prompts(recipe, tokenizer)
     monitor = None
     if recipe.monitor.holdout:
-
         prompts, held_out = prompts.hold_out(recipe.monitor.holdout, recipe.ppo.seed)
         monitor = Monitor(recipe.monitor, held_out, tokenizer)
         log.info("monitor: %d training prompts held out for behaviour checks", len(held_out.input_ids))
     seconds = info["seconds"] = {}  # wall time per stage (a reused stage takes ~0)
     warm_start = None  # stages train (or are reused) first, so that PPO's seeding is the same either way
     if recipe.warm_start is not None:
-
         with _timed(seconds, "warm_start"):
             warm_start = ensure_warm_start(recipe, model_dir, tokenizer, progress=progress)
         info["warm_start"] = str(warm_start.relative_to(run_dir))
