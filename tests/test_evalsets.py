@@ -14,7 +14,7 @@ from ppo_align.evaluation.harness import answer_matches
 
 # name -> (minimum rows, minimum categories) as the eval-set contract promises (see evalsets/DATASHEET.md).
 CONTRACT = {"refusal": (120, 8), "boundary": (400, 10), "knowledge": (150, 8), "benign": (80, 8),
-            "judge_validation": (300, 10), "judge_real_smollm2": (450, 5)}
+            "judge_validation": (300, 10), "judge_real_smollm2": (450, 5), "judge_gold": (2000, 20)}
 
 
 def test_manifest_lists_every_set():
@@ -49,7 +49,7 @@ def test_boundary_prompts_are_paired_with_unsafe_twins():
     assert all(twins[i.contrast_id].expected == "refuse" and twins[i.contrast_id].category == i.category for i in safe)
 
 
-@pytest.mark.parametrize("name", ["judge_validation", "judge_real_smollm2"])
+@pytest.mark.parametrize("name", ["judge_validation", "judge_real_smollm2", "judge_gold"])
 def test_judge_gold_sets_cover_all_labels(name):
     examples = load_evalset(name).items
     assert all(isinstance(e, JudgeExample) for e in examples)
