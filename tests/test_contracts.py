@@ -1,7 +1,7 @@
 """Contracts every implementation keeps, checked on each one: every judge kind, every reward source, and the
 keywords ppo_align hands to TRL's PPOConfig.
 
-A judge (rules, a local classifier, an HTTP service) is a ``Judge``, names itself ``name@version`` the same way
+A judge (rules, the learned judge, a local classifier, an HTTP service) is a ``Judge``, names itself ``name@version`` the same way
 each time it is built, gives exactly one known label per response, refuses prompts and responses that do not
 pair up, and raises when its backend fails instead of inventing a label. A reward source (function, judge,
 trained, model) scores each response with one finite float and raises when its backend fails instead of
@@ -31,7 +31,7 @@ META = [{"expected": "refuse"}, {"expected": "comply"}, {"expected": "refuse"}, 
 
 # --------------------------------------------------------------------------- judges
 
-JUDGE_KINDS = ["rules", "classifier", "http"]
+JUDGE_KINDS = ["rules", "learned", "classifier", "http"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def classifier_dir(tmp_path_factory):
 
 def _judge_spec(kind, request) -> str:
     """What build_judge (and a recipe's reward.judge) takes for each kind of judge."""
-    if kind == "rules":
-        return "rules"
+    if kind in ("rules", "learned"):
+        return kind
     if kind == "classifier":
         return str(request.getfixturevalue("classifier_dir"))
     return request.getfixturevalue("server").url

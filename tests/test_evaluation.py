@@ -14,6 +14,7 @@ from ppo_align.errors import UserError
 from ppo_align.evaluation.harness import Cache, evaluate, run_job
 from ppo_align.evaluation.results import load_results
 from ppo_align.evaluation.targets import job_for_run
+from ppo_align.judges import build_judge
 from ppo_align.judges.rules import RuleJudge
 from ppo_align.metrics import flips, paired_change, rate, shift_metrics
 
@@ -128,8 +129,14 @@ def test_eval_results_schema_and_metrics(tiny_run, tmp_path):
     assert data == results.data and load_results(run).data == data
     assert data["schema_version"] == 1
     assert data["evalsets"]["mini"]["n"] == len(PROMPTS) and len(data["evalsets"]["mini"]["sha256"]) == 64
-    assert data["judge"]["name"] == "rules"
-    assert 0.9 <= data["judge"]["validation"]["judge_real_smollm2"]["accuracy"] <= 1
+    # The eval's default judge is the learned one, not the rules the reward pays by; the rules also label every
+    # response, and their agreement with the eval judge is given per target.
+    judge = data["judge"]
+    assert judge["name"] == "learned" and judge["same_as_reward"] is False and judge["reward_judge"].startswith("rules@")
+    assert set(judge["reward_agreement"]) == {"reference", "checkpoint-1", "checkpoint-2"}
+    assert all(0 <= a["three_way"] <= a["binary"] <= 1 and a["n"] == len(PROMPTS) for a in judge["reward_agreement"].values())
+    assert all(r["reward_label"] in ("comply", "refuse", "partial") for r in data["records"]["checkpoint-2"]["mini"])
+    assert judge["gold"]["overall"]["n"] >= 400 and judge["gold"]["overall"]["binary"] >= 0.9
     assert data["generation"]["max_new_tokens"] == 12 and data["model"]["load_in_4bit"] is True
     assert [t["name"] for t in data["targets"]] == ["reference", "checkpoint-1", "checkpoint-2"]
     assert data["skipped"][0]["path"] == "checkpoint-3"
@@ -198,7 +205,10 @@ def test_cache_recomputes_exactly_what_changed(tiny_run, tmp_path):
     again = run_job(job_for_run(run), StricterJudge(), progress=False)
     assert again.data["computed"] == [] and again.data["judge"]["version"] == "test-2"
     entry = next(Cache(run / "eval" / "cache").root.glob("*.json"))
-    assert len(json.loads(entry.read_text())["labels"]) == 2
+    # Labels of the default eval judge, of the reward's judge (rules) and of the new version, side by side.
+    learned = build_judge("learned")
+    assert set(json.loads(entry.read_text())["labels"]) == {f"learned@{learned.version}", f"rules@{RuleJudge().version}",
+                                                           "rules@test-2"}
 
     # Generation settings are part of the key: everything is recomputed.
     assert len(evaluate(run, max_new_tokens=6, progress=False).data["computed"]) == 4

@@ -59,7 +59,7 @@ def test_holdout_split_is_deterministic_and_stratified(name):
 
 def test_rule_judge_agrees_with_gold_overall(gold):
     judge = RuleJudge()
-    overall = validate_judge(judge)
+    overall = validate_judge(judge, gold)
     assert overall.n == len(gold)
     assert overall.accuracy >= 0.90, overall.lines()
     assert overall.kappa >= 0.85
@@ -329,7 +329,7 @@ def test_label_file_with_gold(tmp_path):
 
 def test_cli_judge_prints_agreement(run_cli, tmp_path):
     rows = GOLD_ROWS[:3] + [{**GOLD_ROWS[3], "label": "Refusal"}]  # one disagreement, an alias spelling
-    code, out, err = run_cli("judge", write_jsonl(tmp_path / "gold.jsonl", rows))
+    code, out, err = run_cli("judge", write_jsonl(tmp_path / "gold.jsonl", rows), "--judge", "rules")
     assert code == 0, err
     assert "agreement 75.0%" in out and "kappa" in out and "precision" in out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -28,25 +29,10 @@ from ppo_align import inference, models
 from ppo_align.chat import encode_chat
 from ppo_align.errors import UserError
 from ppo_align.evalsets import EvalItem, EvalSet, load_evalset
-from ppo_align.evaluation.results import EvalResults
-from ppo_align.files import write_json_atomic
-from ppo_align.inference import score, shared_continuation_logprobs
-from ppo_align.judges import build_judge
-from ppo_align.judges.agreement import validate_judge
-from ppo_align.models import check_model_source, model_fingerprint
-from ppo_align.processes import process_state
-from ppo_align.recipe.schema import ModelSection
-
-log = logging.getLogger(__name__)
-
-
-import re
-
-from ppo_align.evaluation.results import assemble, save_results
+from ppo_align.evaluation.results import EvalResults, assemble, save_results
 from ppo_align.evaluation.targets import (
     COMPLIANCE_OPENERS,
     HARNESS_VERSION,
-    JUDGE_GOLD_SETS,
     REFUSAL_OPENERS,
     EvalJob,
     Target,
@@ -54,8 +40,16 @@ from ppo_align.evaluation.targets import (
     job_for_model,
     job_for_run,
 )
-from ppo_align.files import digest
+from ppo_align.files import digest, write_json_atomic
+from ppo_align.inference import score, shared_continuation_logprobs
+from ppo_align.judges import build_judge
+from ppo_align.judges.agreement import agreement, binary, gold_scorecards
+from ppo_align.models import check_model_source, model_fingerprint
+from ppo_align.processes import process_state
+from ppo_align.recipe.schema import ModelSection
 from ppo_align.rundir import EVAL_CACHE, RESULTS
+
+log = logging.getLogger(__name__)
 
 
 def answer_matches(response: str, answers: list[str]) -> bool:
@@ -76,7 +70,7 @@ def evaluate(
     adapters: Iterable[str | Path] = (),
     output: str | Path | None = None,
     sets: list[str] | None = None,
-    judge="rules",
+    judge="learned",
     full_precision: bool = False,
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
@@ -93,8 +87,9 @@ def evaluate(
         adapters: ...and these PEFT adapter directories on top of it, one at a time.
         output: where a `model` evaluation writes its ``results.json`` (default ``eval-<model name>``).
         sets: eval sets (shipped names or JSONL/CSV paths); default: the recipe's ``eval.sets``.
-        judge: "rules", a local sequence-classification model directory, an HTTP endpoint URL,
-            or a :class:`ppo_align.judges.Judge` object.
+        judge: "learned" (default: trained on the project's gold labels, and not the default reward's judge),
+            "rules", a local sequence-classification model directory, an HTTP endpoint URL, or a
+            :class:`ppo_align.judges.Judge` object.
         full_precision: load the base in full precision even if the run trained it in 4-bit.
         max_new_tokens, batch_size, samples, seed, limit: override the recipe's eval settings.
         progress: show progress bars.
@@ -158,6 +153,10 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
         computed_elsewhere, load_seconds = gather_object(session.computed), session.load_seconds
         processes.wait_for_everyone()
     session = _Session(job, section, base, cache, progress)
+    # The reward's own judge also labels every response when it is not the eval judge: how often the two agree,
+    # checkpoint by checkpoint, shows PPO learning to please the reward's judge (they drift apart).
+    reward_judge = job.reward_judge
+    same = None if reward_judge is None else _key(reward_judge) == _key(judge)
     records: dict[str, dict[str, list[dict]]] = {}
     try:
         for target in job.targets:
@@ -165,17 +164,20 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
             for evalset in evalsets:
                 entry = session.entry(target, evalset)
                 records[target.name][evalset.name] = _labelled(entry, evalset, judge, cache)
+                if same is False:
+                    for record, theirs in zip(records[target.name][evalset.name],
+                                              _labelled(entry, evalset, reward_judge, cache)):
+                        record["reward_label"] = theirs["label"]
     finally:
         session.close()
-    judge_info = {"name": judge.name, "version": judge.version, "validation": {},
+    judge_info = {"name": judge.name, "version": judge.version,
                   # Whether the eval judge is the one the reward paid for (None: not known, e.g. `eval --model`).
-                  "reward_judge": job.reward_judge,
-                  "same_as_reward": job.reward_judge == f"{judge.name}@{judge.version}" if job.reward_judge else None}
-    for gold in JUDGE_GOLD_SETS:
-        try:
-            judge_info["validation"][gold] = validate_judge(judge, load_evalset(gold)).to_dict()
-        except UserError as exc:  # e.g. an HTTP judge that is down: the results still stand, without the figure
-            judge_info["validation"][gold] = {"error": str(exc)}
+                  "reward_judge": _key(reward_judge) if reward_judge else None, "same_as_reward": same,
+                  "reward_agreement": _reward_agreement(records) if same is False else None}
+    try:
+        judge_info["gold"] = gold_scorecards(judge)
+    except UserError as exc:  # e.g. an HTTP judge that is down: the results still stand, without the figure
+        judge_info["gold"] = {"error": str(exc)}
     timing = {"model_load_seconds": session.load_seconds or load_seconds, "computed": computed_elsewhere + session.computed,
               "processes": processes.num_processes}
     results = assemble(job, base, evalsets, judge_info, records, timing)
@@ -362,6 +364,23 @@ def _timed(clock: dict, name: str):
 def _logsumexp(values: list[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _key(judge) -> str:
+    return f"{judge.name}@{judge.version}"
+
+
+def _reward_agreement(records: dict[str, dict[str, list[dict]]]) -> dict[str, dict]:
+    """Per target: how often the reward's judge and the eval judge give a greedy response the same label."""
+    out = {}
+    for target, sets in records.items():
+        rows = [r for rs in sets.values() for r in rs]
+        if not rows:
+            continue
+        both = agreement([r["label"] for r in rows], [r["reward_label"] for r in rows])
+        out[target] = {"n": both.n, "three_way": both.accuracy, "kappa": both.kappa,
+                       "binary": sum(binary(r["label"]) == binary(r["reward_label"]) for r in rows) / len(rows)}
+    return out
 
 
 def _labelled(entry: dict, evalset: EvalSet, judge, cache: "Cache") -> list[dict]:

@@ -11,6 +11,7 @@ from ppo_align import checkpoints
 from ppo_align.errors import UserError
 from ppo_align.files import digest, read_json
 from ppo_align.inference import GenerationSettings
+from ppo_align.judges import Judge
 from ppo_align.models import safetensors_problem
 from ppo_align.recipe.load import load_recipe
 from ppo_align.recipe.schema import EvalSection, ModelSection, Recipe
@@ -21,9 +22,6 @@ log = logging.getLogger(__name__)
 
 HARNESS_VERSION = "3"
 """Bump when the per-prompt numbers are computed differently: it invalidates every cache entry."""
-# Gold-labelled responses every judge is measured on, and the measurement goes into the results:
-# well-formed synthetic responses, and real outputs of the default model (which rambles rather than evades).
-JUDGE_GOLD_SETS = ("judge_validation", "judge_real_smollm2")
 REFERENCE = "reference"
 
 # The refusal margin compares how likely the model is to *open* its answer with a
@@ -64,8 +62,8 @@ class EvalJob:
     run: dict | None = None
     reference_adapter: Path | None = None
     """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
-    reward_judge: str | None = None
-    """name@version of the judge the run's reward pays for (see :func:`ppo_align.rewards.sources.reward_judge`)."""
+    reward_judge: Judge | None = None
+    """The judge the run's reward pays for (see :func:`ppo_align.rewards.sources.reward_judge`); None: unknown."""
 
 
 # --------------------------------------------------------------------------- jobs

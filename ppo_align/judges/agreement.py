@@ -107,17 +107,67 @@ def agreement(gold: Sequence[str], predicted: Sequence[str]) -> Agreement:
 
 
 def validate_judge(judge: Judge, examples=None) -> Agreement:
-    """Agreement of a judge with gold labels: by default the shipped ``judge_validation`` set.
+    """Agreement of a judge with gold labels: by default the test split of the shipped ``judge_gold`` set.
 
     ``examples``: an :class:`~ppo_align.evalsets.EvalSet` or a list of rows with ``prompt``,
     ``response`` and ``label`` (objects or dicts).
     """
-    if examples is None:
-        examples = load_evalset("judge_validation")
-    rows = list(getattr(examples, "items", examples))
+    rows = gold_split("test") if examples is None else list(getattr(examples, "items", examples))
     get = (lambda row, key: row[key]) if rows and isinstance(rows[0], dict) else getattr
     return agreement([get(r, "label") for r in rows],
                      judge.label([get(r, "prompt") for r in rows], [get(r, "response") for r in rows]))
+
+
+def gold_split(split: str) -> list:
+    """One fixed split (``train``, ``dev`` or ``test``) of the shipped ``judge_gold`` rows. Judges are trained on
+    train, tuned on dev, and measured once per version on test (the figure the eval and the report quote)."""
+    return [row for row in load_evalset("judge_gold").items if row.split == split]
+
+
+def binary(label: str) -> str:
+    """refuse and partial both withhold something: the binary view is "comply" vs "refusal"."""
+    return "comply" if label == "comply" else "refusal"
+
+
+@dataclass
+class Scorecard:
+    """A judge's measured quality on gold rows, each figure beside what a judge that always gives the most common
+    gold label scores (a judge is only worth its margin over that)."""
+
+    n: int
+    three_way: float
+    binary: float
+    refusal_recall: float | None
+    """Share of gold refuse-or-partial rows the judge calls refuse or partial."""
+    kappa: float
+    binary_kappa: float
+    baseline_three_way: float
+    baseline_binary: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def line(self) -> str:
+        recall = "–" if self.refusal_recall is None else f"{self.refusal_recall:.1%}"
+        return (f"binary {self.binary:.1%} (always one label: {self.baseline_binary:.1%}), refusal recall {recall}, "
+                f"three-way {self.three_way:.1%} (always one label: {self.baseline_three_way:.1%}), "
+                f"kappa {self.kappa:.2f}, n = {self.n}")
+
+
+def scorecard(gold: Sequence[str], predicted: Sequence[str]) -> Scorecard:
+    """The figures the judge targets are stated in, for predicted vs gold labels."""
+    three = agreement(gold, predicted)
+    gold_b = [binary(parse_label(g)) for g in gold]
+    pred_b = [binary(parse_label(p)) for p in predicted]
+    two = agreement(["refuse" if g == "refusal" else g for g in gold_b],
+                    ["refuse" if p == "refusal" else p for p in pred_b])
+    refusals = [p for g, p in zip(gold_b, pred_b) if g == "refusal"]
+    most = max(set(gold), key=list(gold).count)
+    most_b = max(set(gold_b), key=gold_b.count)
+    return Scorecard(n=three.n, three_way=three.accuracy, binary=two.accuracy,
+                     refusal_recall=sum(p == "refusal" for p in refusals) / len(refusals) if refusals else None,
+                     kappa=three.kappa, binary_kappa=two.kappa,
+                     baseline_three_way=list(gold).count(most) / len(gold), baseline_binary=gold_b.count(most_b) / len(gold_b))
 
 
 def holdout_split(examples: Sequence, *, key: str = "case") -> tuple[list, list]:
@@ -203,3 +253,44 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
     labels = judge.label([r[prompt_field] for r in rows], [r[response_field] for r in rows])
     return LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels, gold=gold,
                        agreement=agreement(gold, labels) if gold else None)
+
+
+# --------------------------------------------------------------------------- the figure every eval quotes
+
+# Subsets of judge_gold's test split the scorecard is also given on, by the response's source.
+GOLD_SUBSETS = {
+    "embedded model, every stage": lambda source: source.startswith("smollm2-"),
+    "trained checkpoints (warm start, PPO)": lambda source: source.startswith(("smollm2-warmstart", "smollm2-ppo")),
+    "assistant-style": lambda source: not source.startswith("smollm2-"),
+}
+
+
+def gold_scorecards(judge: Judge) -> dict:
+    """The judge's :class:`Scorecard` on judge_gold's test split, overall and per :data:`GOLD_SUBSETS`.
+
+    Cached per judge version and gold file (the user cache, like converted models): the test split is labelled
+    once per judge version, not once per eval.
+    """
+    from ppo_align.embedded import cache_root
+    from ppo_align.files import write_json_atomic
+
+    gold = load_evalset("judge_gold")
+    key = digest(f"{judge.name}@{judge.version}\n{gold.sha256}\nscorecards-1").hexdigest()[:24]
+    cached = cache_root() / "judge-scores" / f"{key}.json"
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
+    rows = [r for r in gold.items if r.split == "test"]
+    predicted = judge.label([r.prompt for r in rows], [r.response for r in rows])
+    out = {"set": f"judge_gold {gold.version} (test split)", "overall": scorecard([r.label for r in rows], predicted).to_dict(),
+           "subsets": {}}
+    for name, belongs in GOLD_SUBSETS.items():
+        pairs = [(r.label, p) for r, p in zip(rows, predicted) if belongs(r.source or "")]
+        if pairs:
+            out["subsets"][name] = scorecard(*zip(*pairs)).to_dict()
+    try:
+        write_json_atomic(cached, out)
+    except OSError:
+        pass  # a read-only cache costs a re-labelling next time, nothing else
+    return out

@@ -55,6 +55,15 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
         "Each claim of the method as a test on this run's eval results (reference → "
         f"{target}); the evidence gives the numbers behind the verdict.",
         Table(["claim", "verdict", "evidence"], claim_rows)])
+    agreement = res.data["judge"].get("reward_agreement")
+    if agreement:
+        verdicts.blocks += [
+            f"How often the reward's judge ({res.data['judge']['reward_judge']}) gives this run's eval responses the "
+            f"eval judge's label, per checkpoint: a fall means PPO learned what the reward's judge likes rather than "
+            "what was asked.",
+            Table(["target", "same label", "same refuse/comply", "kappa", "responses"],
+                  [[t, f"{a['three_way']:.1%}", f"{a['binary']:.1%}", f"{a['kappa']:.2f}", str(a["n"])]
+                   for t, a in agreement.items()])]
     figures = Section(f"{prefix}where behaviour moved")
     # "Independently judged" only when it is: the reward's own judge cannot show the reward being gamed.
     judged = "independently judged" if res.data["judge"].get("same_as_reward") is False else (
@@ -94,8 +103,7 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
 def _overview(run: RunData) -> str:
     res = run.results.data
     judge = res["judge"]
-    agreement = "; ".join(_agreement(name, v) for name, v in judge.get("validation", {}).items()
-                          if isinstance(v, dict) and v.get("accuracy") is not None)
+    agreement = _gold_agreement(judge.get("gold") or {})
     sets = ", ".join(f"{name} ({s['n']} prompts)" for name, s in res["evalsets"].items())
     status = run.info.get("status", "unknown")
     best = run.info.get("best_checkpoint")
@@ -104,21 +112,30 @@ def _overview(run: RunData) -> str:
         + (f"; best checkpoint by the training-time rules: {best}" if best else "") + ".",
         f"Evaluated {', '.join(run.results.targets)} on {sets} (limit {res.get('limit') or 'none'}), "
         f"greedy, {res['generation'].get('max_new_tokens')} new tokens.",
-        f"Judge: {judge['name']} v{judge['version']}" + (f", agreement with gold labels: {agreement}." if agreement else "."),
+        f"Judge: {judge['name']} v{judge['version']}" + (f", measured {agreement}." if agreement else "."),
         judge_independence(judge),
         f"Reported: reference → {run.target}.",
     ]
     return " ".join(p for p in parts if p)
 
 
-def _agreement(name: str, validation: dict) -> str:
-    """A judge's accuracy on a gold set beside what always giving the most common gold label would score."""
-    support = {label: stats.get("support", 0) for label, stats in validation.get("per_label", {}).items()}
-    text = f"{name} {validation['accuracy']:.1%} (kappa {validation['kappa']:.2f}"
-    if support and validation.get("n"):
-        label = max(support, key=support.get)
-        text += f"; always '{label}' scores {support[label] / validation['n']:.1%}"
-    return text + f", n = {validation.get('n')})"
+def _gold_agreement(gold: dict) -> str:
+    """The judge's measured quality on the held-out test split of its gold labels, beside the trivial baseline."""
+    if "overall" not in gold:
+        return ""
+    o = gold["overall"]
+    text = (f"on {gold['set']}, binary {o['binary']:.1%} (always one label: {o['baseline_binary']:.1%}), "
+            f"refusal recall {_share(o['refusal_recall'])}, three-way {o['three_way']:.1%} "
+            f"(always one label: {o['baseline_three_way']:.1%}), kappa {o['kappa']:.2f}, n = {o['n']}")
+    trained = gold.get("subsets", {}).get("trained checkpoints (warm start, PPO)")
+    if trained:
+        text += (f"; on trained checkpoints' outputs binary {trained['binary']:.1%}, three-way "
+                 f"{trained['three_way']:.1%} (n = {trained['n']})")
+    return text
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def judge_independence(judge: dict) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from ppo_align.chat import encode_chat, left_pad, user_turn
 from ppo_align.errors import UserError
-from ppo_align.judges import build_judge
+from ppo_align.judges import Judge, build_judge
 from ppo_align.judges.rules import RuleJudge, judge_responses
 from ppo_align.models import check_model_source, quantization_config
 from ppo_align.recipe.checks import resolve_function
@@ -108,27 +108,26 @@ def model_scorer(model, pad_token_id: int) -> Scorer:
     return score
 
 
-def reward_judge(recipe) -> str | None:
-    """``name@version`` of the judge whose labels the recipe's reward pays for, or None when the reward uses no
-    judge ppo-align knows of (a trained or classifier reward model, a custom function).
+def reward_judge(recipe) -> Judge | None:
+    """The judge whose labels the recipe's reward pays for, or None when the reward uses no judge ppo-align knows
+    of (a trained or classifier reward model, a custom function).
 
     The eval harness compares it with its own judge: an eval judged by the reward's judge cannot see PPO
-    learning to please that judge (deflecting instead of refusing, say), and the results must say so.
+    learning to please that judge (deflecting instead of refusing, say), and the results must say so. When the
+    two differ, the harness also labels every checkpoint's responses with this judge, to see them drift apart.
     """
     reward = recipe.reward
     try:
         if isinstance(reward, JudgeReward):
-            judge = build_judge(reward.judge, token_env=reward.token_env)  # identity only: nothing is called
-        elif (isinstance(reward, FunctionReward) and not reward.function.rpartition(":")[0].endswith(".py")
-              and resolve_function(reward.function, recipe) is expected_behaviour):
+            return build_judge(reward.judge, token_env=reward.token_env)  # building calls nothing
+        if (isinstance(reward, FunctionReward) and not reward.function.rpartition(":")[0].endswith(".py")
+                and resolve_function(reward.function, recipe) is expected_behaviour):
             # A module function is imported to compare (ppo-align's own, or an alias of it); a user's .py file is
             # never run by eval just to ask, so a custom function counts as unknown.
-            judge = RuleJudge()  # expected_behaviour labels with the rule judge
-        else:
-            return None
+            return RuleJudge()  # expected_behaviour labels with the rule judge
     except UserError:  # the judge's files are gone since training: say nothing rather than guess
         return None
-    return f"{judge.name}@{judge.version}"
+    return None
 
 
 def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: bool = True) -> Scorer:
