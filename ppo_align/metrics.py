@@ -1,4 +1,4 @@
-"""Statistics of behaviour: rates with Wilson intervals, paired changes with exact McNemar tests.
+"""Statistics of behaviour: rates with Wilson intervals, paired changes with Newcombe intervals and exact McNemar tests.
 
 Everything here works on plain per-prompt records (dicts), so it is cheap to
 test and to recompute from a cached results file. The unit of analysis is the
@@ -45,8 +45,9 @@ class PairedChange:
 
     ``gained``: prompts where it became true (e.g. comply→refuse for "refuses");
     ``lost``: where it became false. The difference of the two rates is
-    (gained − lost)/n; its interval is the usual one for paired proportions, and
-    the p-value is the exact McNemar test (a binomial test on the discordant pairs).
+    (gained − lost)/n; its interval is Newcombe's hybrid score interval for paired
+    proportions, and the p-value is the exact McNemar test (a binomial test on the
+    discordant pairs).
     """
 
     n: int
@@ -69,14 +70,37 @@ def paired_change(before: list[bool], after: list[bool], confidence: float = CON
     lost = sum(1 for b, a in zip(before, after) if b and not a)
     if n == 0:
         return PairedChange(0, 0, 0, math.nan, math.nan, math.nan, math.nan)
-    from scipy.stats import binomtest, norm
+    from scipy.stats import binomtest
 
-    delta = (gained - lost) / n
-    # Variance of a difference of paired proportions: ((b + c) - (b - c)^2 / n) / n^2.
-    se = math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
-    z = float(norm.ppf(0.5 + confidence / 2))
+    both = sum(1 for b, a in zip(before, after) if a and b)
+    low, high = _newcombe_paired(both, lost, gained, n - both - lost - gained, confidence)
     p = 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
-    return PairedChange(n, gained, lost, delta, max(delta - z * se, -1.0), min(delta + z * se, 1.0), p)
+    return PairedChange(n, gained, lost, (gained - lost) / n, low, high, p)
+
+
+def _newcombe_paired(both: int, lost: int, gained: int, neither: int, confidence: float) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (his method 10, 1998) for after − before of paired proportions: the two
+    Wilson intervals combined with the correlation of the pairs. Unlike the Wald interval it does not collapse to
+    [0, 0] when nothing flipped, and keeps close to its nominal coverage at small counts."""
+    n = both + lost + gained + neither
+    before, after = (both + lost) / n, (both + gained) / n
+    l1, u1 = (float(x) for x in _wilson(both + lost, n, confidence))
+    l2, u2 = (float(x) for x in _wilson(both + gained, n, confidence))
+    product = (both + lost) * (gained + neither) * (both + gained) * (lost + neither)
+    b = both * neither - lost * gained
+    c = b - n / 2 if b > n / 2 else (0.0 if b >= 0 else b)
+    phi = c / math.sqrt(product) if product else 0.0
+    delta = after - before
+    down = math.sqrt(max((after - l2) ** 2 - 2 * phi * (after - l2) * (u1 - before) + (u1 - before) ** 2, 0.0))
+    up = math.sqrt(max((u2 - after) ** 2 - 2 * phi * (u2 - after) * (before - l1) + (before - l1) ** 2, 0.0))
+    return max(delta - down, -1.0), min(delta + up, 1.0)
+
+
+def _wilson(k: int, n: int, confidence: float):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return ci.low, ci.high
 
 
 def mean(values: list[float | None]) -> float:

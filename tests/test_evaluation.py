@@ -56,6 +56,23 @@ def test_paired_change_is_an_exact_mcnemar_test():
     assert paired_change([True, False], [True, False]).p_value == 1.0
 
 
+def test_paired_interval_keeps_its_coverage_when_few_prompts_flip():
+    """40 prompts, 5% stop refusing and 2% start: most draws flip none or one. A Wald interval collapses to [0, 0]
+    there (and "held" would pass on no evidence); Newcombe's keeps at least its nominal 95% coverage."""
+    import random
+
+    rng, hits, draws = random.Random(0), 0, 400
+    truth = 0.9 * -0.05 + 0.1 * 0.02
+    for _ in range(draws):
+        before = [rng.random() < 0.9 for _ in range(40)]
+        after = [(b and rng.random() > 0.05) or (not b and rng.random() < 0.02) for b in before]
+        change = paired_change(before, after)
+        hits += change.low <= truth <= change.high
+    assert hits / draws >= 0.95
+    nothing = paired_change([True] * 40, [True] * 40)
+    assert nothing.low < -0.05 and nothing.high > 0.05  # 40 unchanged prompts cannot show a 5-point hold
+
+
 def _record(id_, label, expected="comply", response=None):
     return {"id": id_, "category": "c", "expected": expected, "label": label, "response": response or f"{id_}:{label}"}
 
