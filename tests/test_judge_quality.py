@@ -10,7 +10,7 @@ import pytest
 from ppo_align.evalsets import load_evalset
 from ppo_align.files import digest
 from ppo_align.judges import build_judge
-from ppo_align.judges.agreement import GOLD_SUBSETS, Scorecard, gold_split, scorecard
+from ppo_align.judges.agreement import Scorecard, gold_split, scorecard, subset_scorecards
 from ppo_align.judges.learned import SHIPPED_WEIGHTS, JudgeTraining, LearnedJudge, train_learned_judge
 
 # The targets the eval's default judge is held to on judge_gold's test split (issue 20). Never lower them to pass.
@@ -74,10 +74,7 @@ def cards(held_out):
     out = {}
     for name in ("learned", "rules"):
         predicted = build_judge(name).label([r.prompt for r in held_out], [r.response for r in held_out])
-        out[name] = {"overall": scorecard([r.label for r in held_out], predicted)}
-        for subset, belongs in GOLD_SUBSETS.items():
-            pairs = [(r.label, p) for r, p in zip(held_out, predicted) if belongs(r.source)]
-            out[name][subset] = scorecard(*zip(*pairs))
+        out[name] = subset_scorecards(held_out, predicted)
     return out
 
 

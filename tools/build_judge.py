@@ -16,18 +16,16 @@ from pathlib import Path
 
 from ppo_align.evalsets import load_evalset
 from ppo_align.judges import build_judge
-from ppo_align.judges.agreement import GOLD_SUBSETS, gold_split, scorecard
+from ppo_align.judges.agreement import gold_split, subset_scorecards
 from ppo_align.judges.learned import SHIPPED_WEIGHTS, JudgeTraining, LearnedJudge, train_learned_judge
 
 
 def measure(judge, split: str) -> None:
     rows = gold_split(split)
-    predicted = judge.label([r.prompt for r in rows], [r.response for r in rows])
-    print(f"{judge.name}@{judge.version} on {split}: {scorecard([r.label for r in rows], predicted).line()}")
-    for name, belongs in GOLD_SUBSETS.items():
-        pairs = [(r.label, p) for r, p in zip(rows, predicted) if belongs(r.source or "")]
-        if pairs:
-            print(f"  {name}: {scorecard(*zip(*pairs)).line()}")
+    cards = subset_scorecards(rows, judge.label([r.prompt for r in rows], [r.response for r in rows]))
+    print(f"{judge.name}@{judge.version} on {split}: {cards.pop('overall').line()}")
+    for name, card in cards.items():
+        print(f"  {name}: {card.line()}")
 
 
 def main(argv: list[str]) -> int:

@@ -265,6 +265,16 @@ GOLD_SUBSETS = {
 }
 
 
+def subset_scorecards(rows: Sequence, predicted: Sequence[str]) -> dict[str, Scorecard]:
+    """Scorecards of predicted labels on gold rows: ``overall``, then each :data:`GOLD_SUBSETS` the rows have."""
+    cards = {"overall": scorecard([r.label for r in rows], predicted)}
+    for name, belongs in GOLD_SUBSETS.items():
+        pairs = [(r.label, p) for r, p in zip(rows, predicted) if belongs(r.source or "")]
+        if pairs:
+            cards[name] = scorecard(*zip(*pairs))
+    return cards
+
+
 def gold_scorecards(judge: Judge) -> dict:
     """The judge's :class:`Scorecard` on judge_gold's test split, overall and per :data:`GOLD_SUBSETS`.
 
@@ -282,13 +292,9 @@ def gold_scorecards(judge: Judge) -> dict:
     except (OSError, ValueError):
         pass
     rows = [r for r in gold.items if r.split == "test"]
-    predicted = judge.label([r.prompt for r in rows], [r.response for r in rows])
-    out = {"set": f"judge_gold {gold.version} (test split)", "overall": scorecard([r.label for r in rows], predicted).to_dict(),
-           "subsets": {}}
-    for name, belongs in GOLD_SUBSETS.items():
-        pairs = [(r.label, p) for r, p in zip(rows, predicted) if belongs(r.source or "")]
-        if pairs:
-            out["subsets"][name] = scorecard(*zip(*pairs)).to_dict()
+    cards = subset_scorecards(rows, judge.label([r.prompt for r in rows], [r.response for r in rows]))
+    out = {"set": f"judge_gold {gold.version} (test split)", "overall": cards.pop("overall").to_dict(),
+           "subsets": {name: card.to_dict() for name, card in cards.items()}}
     try:
         write_json_atomic(cached, out)
     except OSError:
