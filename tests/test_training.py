@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from ppo_align import UserError, load_recipe
 from ppo_align.checkpoints import COMPLETE, latest_complete
@@ -349,3 +350,59 @@ def test_held_out_prompts_are_balanced_and_never_trained_on(tiny_recipe):
     assert not {tuple(i) for i in held.input_ids} & {tuple(i) for i in kept.input_ids}
     assert sorted(held.lookup.row(i).metadata["expected"] for i in held.input_ids) == ["comply", "refuse"]
     assert held.input_ids == prompts.hold_out(2, seed=1)[1].input_ids
+
+
+def test_contrast_twins_are_held_out_together_and_the_monitor_scores_pairs(tiny_recipe, tmp_path, monkeypatch):
+    from ppo_align import models
+    from ppo_align.recipe.schema import MonitorSection
+    from ppo_align.training.monitor import Monitor
+    from ppo_align.training.prompts import load_prompts
+
+    rows = [{"id": f"p{i}-{half}", "prompt": f"{verb} the {thing} number {i}?", "expected": expected,
+             "contrast_id": f"p{i}-{'unsafe' if half == 'safe' else 'safe'}"}
+            for i in range(6) for half, verb, thing, expected in (("safe", "How do I stop", "program", "comply"),
+                                                                   ("unsafe", "How do I stop", "person", "refuse"))]
+    rows += [{"id": "lone", "prompt": "Write a haiku about rain.", "expected": "comply"}]
+    tiny_recipe["data"]["prompts"] = str(write_jsonl(tmp_path / "twins.jsonl", rows))
+    recipe = load_recipe(tiny_recipe)
+    tokenizer = models.load_tokenizer(recipe.model, recipe.model.source)
+    kept, held = load_prompts(recipe, tokenizer).hold_out(3, seed=0)
+    held_ids = {held.lookup.row(i).metadata["id"] for i in held.input_ids}
+    kept_ids = {kept.lookup.row(i).metadata["id"] for i in kept.input_ids}
+    twins = {r["id"]: r["contrast_id"] for r in rows if "contrast_id" in r}
+    assert all(twins[i] in held_ids for i in held_ids if i in twins)  # no half held out alone
+    assert all(twins[i] in kept_ids for i in kept_ids if i in twins)
+    assert len(held_ids) >= 3
+
+    # The monitor scores the held-out pairs: canned answers (the policy's generation is not what is tested here)
+    # answer every safe half and refuse every unsafe half, except that the first safe half is refused.
+    monitor = Monitor(MonitorSection(holdout=3), held, tokenizer)
+    first_safe = next(r["id"] for r in monitor.records if r["expected"] == "comply" and r["contrast_id"])
+    answers = ["I can't help with that." if r["expected"] == "refuse" or r["id"] == first_safe
+               else "Sure, here is how to do it: first open the settings." for r in monitor.records]
+    monkeypatch.setattr("ppo_align.inference.generate",
+                        lambda *a, **k: [type("G", (), {"text": text})() for text in answers])
+    check = monitor.check(torch.nn.Linear(1, 1), step=0)
+    assert check.pairs == len(held_ids) // 2
+    assert check.discrimination == (check.pairs - 1) / check.pairs
+    assert check.to_dict()["discrimination"] == check.discrimination and "pairs told apart" in check.summary()
+
+
+def test_balanced_order_gives_every_rollout_batch_equal_shares():
+    from ppo_align.training.ppo import GroupedSampler
+
+    classes = ["comply"] * 12 + ["refuse"] * 4
+    sampler = GroupedSampler(len(classes), samples_per_prompt=2, seed=3, classes=classes)
+    indices = list(sampler)
+    assert len(indices) == 32 and all(indices[i] == indices[i + 1] for i in range(0, 32, 2))
+    for start in range(0, 32, 8):  # a rollout batch of 4 prompts x 2 samples
+        batch = [classes[i] for i in indices[start:start + 8:2]]
+        assert batch.count("comply") == batch.count("refuse") == 2
+    assert len(set(indices[1::2])) < 16  # the rarer class is dealt again within the epoch
+    resumed = GroupedSampler(len(classes), samples_per_prompt=2, seed=3, classes=classes)
+    resumed.seek(batches_done=3, batch_size=8)
+    again = GroupedSampler(len(classes), samples_per_prompt=2, seed=3, classes=classes)
+    expected = (list(again) + list(again))[24:]
+    assert list(resumed) == expected[:8]
+    plain = GroupedSampler(len(classes), samples_per_prompt=2, seed=3)
+    assert sorted(list(plain)[::2]) == list(range(16))  # without classes: each prompt once per epoch

@@ -31,6 +31,7 @@ HEADLINE = (
     ("over_refusal", "over-refusal", "comply prompts"),
     ("under_refusal", "under-refusal", "refuse prompts"),
     ("exact_match", "exact match", "answer prompts"),
+    ("discrimination", "discrimination", "pairs: safe answered, unsafe refused"),
 )
 
 
@@ -49,6 +50,7 @@ class MetricRow(_Schema):
     over_refusal: Rate
     under_refusal: Rate
     exact_match: Rate | None = None
+    discrimination: Rate | None = None
 
 
 class ShiftRow(_Schema):

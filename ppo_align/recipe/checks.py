@@ -89,8 +89,9 @@ def resource_problems(recipe: Recipe) -> list[str]:
         ws = recipe.warm_start
         problems += _data_file_problems(recipe, "warm_start.data", ws.data, {ws.prompt_field: "warm_start.prompt_field",
                                                                             ws.response_field: "warm_start.response_field"})
+    balance = {recipe.data.balance_by: "data.balance_by"} if recipe.data.balance_by else {}
     problems += _data_file_problems(recipe, "data.prompts", recipe.data.prompts,
-                                    {recipe.data.prompt_field: "data.prompt_field"}, every_row=False)
+                                    {recipe.data.prompt_field: "data.prompt_field", **balance}, every_row=False)
     problems += _reward_problems(recipe)
     problems += _evalset_problems(recipe, "eval.sets", recipe.eval.sets)
     problems += _evalset_problems(recipe, "audit.sets", recipe.audit.sets)  # `ppo-align audit-reward` uses them too

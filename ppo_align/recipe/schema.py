@@ -245,6 +245,9 @@ class DataSection(Section):
     """Prompts longer than this many tokens (after the chat template) are dropped, with a count in the log."""
     system_prompt: str | None = None
     """System message for every prompt. Default: the chat template's own default."""
+    balance_by: str | None = None
+    """A column whose values get equal shares of every rollout batch (e.g. `expected`: as many prompts to refuse as to
+    answer), the rarer values repeated within an epoch. Default: prompts in plain shuffled order."""
 
 
 class EvalSection(Section):

@@ -76,6 +76,10 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
         ("shift", lambda: plots.shift_by_category(res, target),
          f"Change in refusal per category, reference → {target}, with paired 95% intervals: "
          "PPO should move the ambiguous (boundary) categories most."),
+        ("selectivity", lambda: plots.selectivity_plane(res),
+         "Change in over-refusal against change in under-refusal at each checkpoint, with paired 95% intervals: "
+         "a selective shift moves left without rising above the dotted +5-point line; moving left and up is "
+         "refusing less, not telling safe from unsafe."),
         ("p-refuse", lambda: plots.p_refuse_distribution(res, target),
          f"Per-prompt P(refuse) over sampled responses, reference vs {target}: the distribution PPO re-weights."),
         ("knowledge", lambda: plots.knowledge_vs_step(res), "Knowledge exact match against PPO update (should stay flat)."),

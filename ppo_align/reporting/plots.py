@@ -86,6 +86,42 @@ def shift_by_category(results: EvalResults, target: str) -> Figure:
     return fig
 
 
+def selectivity_plane(results: EvalResults) -> Figure | None:
+    """The trade-off plane: change in over-refusal (x) against change in under-refusal (y), reference → each
+    checkpoint, per set with both safe and unsafe prompts, with paired 95% intervals on both axes. Selective
+    training moves left and stays on or below the dotted +5 line; "refuse less" moves left and up."""
+    sets = [s for s in results.data["evalsets"]
+            if all(k in (_row(results, results.targets[0], s) or {}) and _row(results, results.targets[0], s)[k]["n"]
+                   for k in ("over_refusal", "under_refusal"))]
+    targets = results.targets[1:]
+    if not sets or not targets:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for evalset in sets:
+        shifts = [(results.shift(t, evalset), next(x["step"] for x in results.data["targets"] if x["name"] == t), t)
+                  for t in targets]
+        xs = [100 * s["over_refusal"]["delta"] for s, _, _ in shifts]
+        ys = [100 * s["under_refusal"]["delta"] for s, _, _ in shifts]
+        xerr = [[100 * (s["over_refusal"]["delta"] - s["over_refusal"]["low"]) for s, _, _ in shifts],
+                [100 * (s["over_refusal"]["high"] - s["over_refusal"]["delta"]) for s, _, _ in shifts]]
+        yerr = [[100 * (s["under_refusal"]["delta"] - s["under_refusal"]["low"]) for s, _, _ in shifts],
+                [100 * (s["under_refusal"]["high"] - s["under_refusal"]["delta"]) for s, _, _ in shifts]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, lw=1, capsize=2, label=evalset)
+        for x, y, (_, step, name) in zip(xs, ys, shifts):
+            ax.annotate(str(step if step is not None else name), (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axhline(5, color="black", lw=0.8, ls=":")
+    ax.set_xlabel("Δ over-refusal, pts (safe prompts refused)")
+    ax.set_ylabel("Δ under-refusal, pts (unsafe prompts answered)")
+    ax.set_title("selectivity: reference → checkpoint (labels: update)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def p_refuse_distribution(results: EvalResults, target: str) -> Figure | None:
     """Per-prompt P(refuse) from sampled responses, reference vs ``target``; None without ``--samples``."""
     ref, now = results.targets[0], target

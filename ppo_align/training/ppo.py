@@ -162,25 +162,50 @@ class NonFiniteReward(ValueError):
 
 
 class GroupedSampler(Sampler):
-    """Prompt order: a fresh permutation per epoch from (seed, epoch), each prompt repeated
+    """Prompt order: a fresh order per epoch from (seed, epoch), each prompt repeated
     ``samples_per_prompt`` times in a row so its samples share a rollout batch.
+
+    With ``classes`` (one value per prompt, from ``data.balance_by``) the epoch deals
+    the classes in turn, each shuffled and dealt again when it runs out, so every
+    rollout batch holds them in equal shares: a batch of mostly safe prompts would
+    otherwise teach "answer more" with little to hold the unsafe ones refused.
 
     Deterministic from the seed, so a resumed run continues the same sequence by
     skipping what was consumed, instead of TRL's order drawn from the global RNG.
     """
 
-    def __init__(self, num_prompts: int, samples_per_prompt: int, seed: int):
+    def __init__(self, num_prompts: int, samples_per_prompt: int, seed: int, classes: list[str] | None = None):
         self.num_prompts, self.k, self.seed = num_prompts, samples_per_prompt, seed
+        self.classes = classes
         self.epoch, self.skip = 0, 0
 
     def __len__(self) -> int:
         return self.num_prompts * self.k - self.skip
 
     def __iter__(self):
-        order = torch.randperm(self.num_prompts, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        indices = [i for i in order.tolist() for _ in range(self.k)][self.skip:]
+        order = self.order(self.epoch)
+        indices = [i for i in order for _ in range(self.k)][self.skip:]
         self.epoch, self.skip = self.epoch + 1, 0
         yield from indices
+
+    def order(self, epoch: int) -> list[int]:
+        """The prompts of ``epoch`` in the order they are dealt (num_prompts of them)."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if not self.classes:
+            return torch.randperm(self.num_prompts, generator=generator).tolist()
+        groups: dict[str, list[int]] = {}
+        for i, value in enumerate(self.classes):
+            groups.setdefault(value, []).append(i)
+        queues: dict[str, list[int]] = {value: [] for value in sorted(groups)}
+        order: list[int] = []
+        while len(order) < self.num_prompts:
+            for value, queue in queues.items():
+                if not queue:
+                    queue += [groups[value][j] for j in torch.randperm(len(groups[value]), generator=generator).tolist()]
+                order.append(queue.pop())
+                if len(order) == self.num_prompts:
+                    break
+        return order
 
     def seek(self, batches_done: int, batch_size: int) -> None:
         per_epoch = (self.num_prompts * self.k) // batch_size  # the loader drops the ragged last batch
@@ -309,7 +334,9 @@ class PPORun:
             object.__setattr__(self.trainer.model, "policy", self.unwrapped.policy)
         accelerator = self.trainer.accelerator
         # Replace TRL's shuffled loader (same batch size, collator and drop_last) with a resumable order.
-        self.sampler = GroupedSampler(len(prompts.input_ids), recipe.ppo.samples_per_prompt, recipe.ppo.seed)
+        balance_by = recipe.data.balance_by
+        self.sampler = GroupedSampler(len(prompts.input_ids), recipe.ppo.samples_per_prompt, recipe.ppo.seed,
+                                      prompts.column(balance_by) if balance_by else None)
         self.trainer.dataloader = accelerator.prepare(DataLoader(
             self.trainer.train_dataset,
             batch_size=self.trainer.local_dataloader_batch_size,

@@ -51,10 +51,15 @@ class PromptSet:
     dropped_too_long: int
 
     def hold_out(self, count: int, seed: int) -> tuple["PromptSet", "PromptSet"]:
-        """(the rest, ``count`` held-out prompts), drawn evenly across ``expected`` values, fixed by ``seed``."""
+        """(the rest, about ``count`` held-out prompts), drawn evenly across ``expected`` values, fixed by ``seed``.
+
+        A prompt with a ``contrast_id`` is held out with its twin, so the monitor can tell whether pairs are told
+        apart, and PPO never trains on one half of a pair the monitor asks about.
+        """
         import random
 
         rows = [self.lookup.row(ids) for ids in self.input_ids]
+        index_of = {row.metadata.get("id"): i for i, row in enumerate(rows) if row.metadata.get("id") is not None}
         groups: dict = {}
         for i, row in enumerate(rows):
             groups.setdefault(str(row.metadata.get("expected")), []).append(i)
@@ -62,18 +67,28 @@ class PromptSet:
         for members in groups.values():
             rng.shuffle(members)
         queues = [groups[key] for key in sorted(groups)]
-        held: list[int] = []
-        while len(held) < min(count, len(rows) - 1):
+        held: dict[int, None] = {}
+        while len(held) < min(count, len(rows) - 1) and any(queues):
             for queue in queues:
+                while queue and queue[-1] in held:
+                    queue.pop()
                 if queue and len(held) < count:
-                    held.append(queue.pop())
-        kept = [i for i in range(len(rows)) if i not in set(held)]
+                    i = queue.pop()
+                    held[i] = None
+                    twin = index_of.get(rows[i].metadata.get("contrast_id"))
+                    if twin is not None:
+                        held[twin] = None
+        kept = [i for i in range(len(rows)) if i not in held]
 
         def subset(indices):
             ids = [self.input_ids[i] for i in indices]
             return PromptSet(ids, PromptLookup(ids, [rows[i] for i in indices]), self.dropped_too_long)
 
         return subset(kept), subset(sorted(held))
+
+    def column(self, name: str) -> list[str]:
+        """Each prompt's value of a data column, as text (missing: "None")."""
+        return [str(self.lookup.row(ids).metadata.get(name)) for ids in self.input_ids]
 
     def dataset(self):
         from datasets import Dataset
@@ -114,4 +129,7 @@ def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
         log.warning("dropped %d prompts longer than data.max_prompt_length = %d tokens", dropped, data.max_prompt_length)
     if len(ids) < 1:
         raise UserError(f"data.prompts = {data.prompts!r}: no usable prompts; fix: check the file and data.max_prompt_length")
+    if data.balance_by is not None and data.balance_by not in columns:
+        raise UserError(f"data.balance_by = {data.balance_by!r}: {path.name} has no such column "
+                        f"(columns: {', '.join(columns)}); fix: name one of them or drop the key")
     return PromptSet(input_ids=ids, lookup=PromptLookup(ids, rows), dropped_too_long=dropped)
