@@ -129,6 +129,7 @@ def train(
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (accelerate launch on GPUs, torchrun on CPU)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Another seed for the whole run (warm start, prompt order, sampling, initialisation): sets ppo.seed and, unless output.name is set, names the run NAME-seedN."),
 ) -> None:
     """Train: warm start and reward model (if the recipe has them), reward audit, then PPO.
 
@@ -140,11 +141,13 @@ def train(
     ppo.total_episodes to train a finished run further.
 
     Examples: `ppo-align train smollm2-refusal-boundary --set ppo.total_episodes=64`,
-    `ppo-align train my-recipe.yaml --fresh`.
+    `ppo-align train my-recipe.yaml --fresh`, `ppo-align train smollm2-refusal-boundary --seed 1` (a second seed,
+    in runs/smollm2-refusal-boundary-seed1).
     """
     from ppo_align import train as run_training
     from ppo_align.recipe.load import load_recipe
 
+    overrides = list(overrides or []) + (seed_overrides(recipe, overrides, seed) if seed is not None else [])
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
     if num_processes > 1:
@@ -157,6 +160,15 @@ def train(
         out.print(f"[yellow]{result.stopped_by}[/yellow]")
     out.print(f"[green]done[/green]: {result.dir}" + (f" (best checkpoint by the monitor rules: {result.best.name})"
                                                       if result.best else ""))
+
+
+def seed_overrides(recipe: Path, overrides: list[str] | None, seed: int) -> list[str]:
+    """``--seed N`` as recipe overrides: ppo.seed, and a run name of its own so seeds never share a run directory."""
+    from ppo_align.recipe.load import load_recipe
+
+    loaded = load_recipe(recipe, overrides, check_resources=False)
+    named = loaded.output.name is not None
+    return [f"ppo.seed={seed}"] + ([] if named else [f"output.name={loaded.name}-seed{seed}"])
 
 
 @app.command("plan")

@@ -75,12 +75,16 @@ class EvalSet:
             groups.setdefault(getattr(item, "category", None) or getattr(item, "case"), []).append(item)
         return groups
 
-    def limited(self, limit: int | None) -> "EvalSet":
+    def limited(self, limit: int | dict[str, int] | None) -> "EvalSet":
         """At most ``limit`` prompts, deterministically: categories taken in turn, contrast pairs kept together.
+
+        ``limit`` is one number for every set or a number per set name (a set it does not name is kept whole).
 
         The subset gets its own hash (of the set's hash and the chosen ids), so cached results of the
         full set and of each subset never mix.
         """
+        if isinstance(limit, dict):
+            limit = limit.get(self.name)
         if limit is None or limit >= len(self.items):
             return self
         by_id = {item.id: item for item in self.items}

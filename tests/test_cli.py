@@ -90,3 +90,10 @@ def test_debug_flag_anywhere_shows_traceback():
     )
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+def test_seed_option_sets_the_seed_and_a_run_name_of_its_own():
+    from ppo_align.cli import seed_overrides
+
+    assert seed_overrides("smollm2-refusal-boundary", [], 3) == ["ppo.seed=3", "output.name=smollm2-refusal-boundary-seed3"]
+    assert seed_overrides("smollm2-refusal-boundary", ["output.name=mine"], 3) == ["ppo.seed=3"]

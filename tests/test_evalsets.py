@@ -14,7 +14,8 @@ from ppo_align.evaluation.harness import answer_matches
 
 # name -> (minimum rows, minimum categories) as the eval-set contract promises (see evalsets/DATASHEET.md).
 CONTRACT = {"refusal": (120, 8), "boundary": (400, 10), "knowledge": (150, 8), "benign": (80, 8),
-            "judge_validation": (300, 10), "judge_real_smollm2": (450, 5), "judge_gold": (2000, 20)}
+            "judge_validation": (300, 10), "judge_real_smollm2": (450, 5), "judge_gold": (2000, 20),
+            "minimal_pairs": (500, 10)}
 
 
 def test_manifest_lists_every_set():
@@ -49,6 +50,57 @@ def test_boundary_prompts_are_paired_with_unsafe_twins():
     assert all(twins[i.contrast_id].expected == "refuse" and twins[i.contrast_id].category == i.category for i in safe)
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _word_edits(a: list[str], b: list[str]) -> int:
+    """Word-level edit distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
+def test_minimal_pairs_are_short_two_way_and_differ_by_a_word_or_two():
+    items = load_evalset("minimal_pairs").items
+    by_id = {i.id: i for i in items}
+    safe = [i for i in items if i.expected == "comply"]
+    assert len(safe) >= 250 and len(safe) * 2 == len(items)
+    for item in safe:
+        twin = by_id[item.contrast_id]
+        assert twin.expected == "refuse" and twin.contrast_id == item.id and twin.category == item.category, item.id
+        assert 1 <= _word_edits(_words(item.prompt), _words(twin.prompt)) <= 2, (item.prompt, twin.prompt)
+    assert all(len(i.prompt.split()) <= 15 for i in items)
+    assert len({i.category for i in items}) >= 10
+
+
+def _trigrams(text: str) -> set:
+    words = _words(text)
+    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def _training_prompts() -> list[str]:
+    return [json.loads(line)["prompt"] for path in sorted((REPO / "recipes" / "data").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def test_minimal_pairs_wording_stays_away_from_the_training_data():
+    """Beyond no shared prompt (checked for every set below): no minimal-pair prompt shares half its word
+    trigrams with any training prompt, the training-side contrast twins included, so a policy cannot pass it by
+    having seen its wording."""
+    training = [(p, _trigrams(p)) for p in _training_prompts()]
+    close = []
+    for item in load_evalset("minimal_pairs").items:
+        grams = _trigrams(item.prompt)
+        for prompt, other in training:
+            if grams and other and len(grams & other) / len(grams | other) >= 0.5:
+                close.append((item.id, prompt))
+    assert not close, close[:5]
+
+
 @pytest.mark.parametrize("name", ["judge_validation", "judge_real_smollm2", "judge_gold"])
 def test_judge_gold_sets_cover_all_labels(name):
     examples = load_evalset(name).items
@@ -78,7 +130,7 @@ def test_no_prompt_is_shared_between_sets_or_with_training_data():
     for path in sorted((REPO / "recipes" / "data").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             seen.setdefault(_normalise(json.loads(line)["prompt"]), path.name)
-    for name in ("refusal", "boundary", "knowledge", "benign"):
+    for name in ("refusal", "boundary", "knowledge", "benign", "minimal_pairs"):
         for item in load_evalset(name).items:
             key = _normalise(item.prompt)
             assert key not in seen, f"{name}:{item.id} repeats a prompt of {seen[key]}"

@@ -344,6 +344,9 @@ def test_limit_spreads_over_categories_and_keeps_contrast_pairs():
     knowledge = load_evalset("knowledge").limited(25)
     assert len(knowledge) == 25 and len(knowledge.by_category()) == len(load_evalset("knowledge").by_category())
     assert full.limited(None) is full
+    # A limit per set name: the named set is cut, a set it does not name is kept whole.
+    assert len(full.limited({"boundary": 40, "knowledge": 25})) == 40
+    assert full.limited({"knowledge": 25}) is full
 
 
 def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_model_dir):

@@ -56,8 +56,8 @@ class EvalJob:
     targets: list[Target]
     sets: list[str]
     settings: GenerationSettings
-    limit: int | None = None
-    """At most this many prompts per set (see :meth:`EvalSet.limited`)."""
+    limit: int | dict[str, int] | None = None
+    """At most this many prompts per set, or per set name (see :meth:`EvalSet.limited`)."""
     skipped: list[dict] = field(default_factory=list)
     run: dict | None = None
     reference_adapter: Path | None = None

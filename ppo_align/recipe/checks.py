@@ -94,6 +94,10 @@ def resource_problems(recipe: Recipe) -> list[str]:
                                     {recipe.data.prompt_field: "data.prompt_field", **balance}, every_row=False)
     problems += _reward_problems(recipe)
     problems += _evalset_problems(recipe, "eval.sets", recipe.eval.sets)
+    if isinstance(recipe.eval.limit, dict):
+        problems += [f"eval.limit names {name!r}, which is not in eval.sets ({', '.join(recipe.eval.sets)}); "
+                     "fix: name a set the recipe evaluates, or drop it" for name in recipe.eval.limit
+                     if name not in recipe.eval.sets]
     problems += _evalset_problems(recipe, "audit.sets", recipe.audit.sets)  # `ppo-align audit-reward` uses them too
     return problems
 
