@@ -80,7 +80,8 @@ def file_sha256(path: Path) -> str:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """The rows of a JSONL or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix.
+    """The rows of a JSONL, JSON or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix, a JSON array
+    of objects by ``.json`` (numbered by position in the array), JSONL otherwise.
 
     CSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
 
@@ -106,6 +107,16 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         if not rows:
             raise UserError(f"{path}: no rows; fix: a header line, then one row per line")
         return rows
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); fix: one JSON array of objects, "
+                            "or JSONL (one object per line) in a .jsonl file") from None
+        if not isinstance(data, list) or not data or not all(isinstance(row, dict) for row in data):
+            raise UserError(f"{path}: expected a non-empty JSON array of objects; fix: [{{...}}, {{...}}], or JSONL "
+                            "(one object per line) in a .jsonl file")
+        return list(enumerate(data, start=1))
     rows = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

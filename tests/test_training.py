@@ -406,3 +406,15 @@ def test_balanced_order_gives_every_rollout_batch_equal_shares():
     assert list(resumed) == expected[:8]
     plain = GroupedSampler(len(classes), samples_per_prompt=2, seed=3)
     assert sorted(list(plain)[::2]) == list(range(16))  # without classes: each prompt once per epoch
+
+
+def test_a_json_array_of_prompts_validates_and_loads(tiny_recipe, tmp_path):
+    from ppo_align import models
+    from ppo_align.training.prompts import load_prompts
+
+    rows = [json.loads(line) for line in open(tiny_recipe["data"]["prompts"])]
+    (tmp_path / "prompts.json").write_text(json.dumps(rows, indent=2))
+    tiny_recipe["data"]["prompts"] = str(tmp_path / "prompts.json")
+    recipe = load_recipe(tiny_recipe)  # validates the file row by row
+    prompts = load_prompts(recipe, models.load_tokenizer(recipe.model, recipe.model.source))
+    assert [prompts.lookup.row(i).text for i in prompts.input_ids] == [r["prompt"] for r in rows]

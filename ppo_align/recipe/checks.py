@@ -116,9 +116,8 @@ def _data_file_problems(recipe: Recipe, key: str, value: str, columns: dict[str,
     if not path.is_file():
         return [f"{where}: no such file ({path}); fix: check the path (relative to the recipe file)"]
     if path.suffix.lower() not in {".jsonl", ".json", ".csv"}:
-        return [f"{where}: expected a .jsonl or .csv file; fix: convert it to JSONL (one JSON object per line) or CSV"]
-    if path.suffix.lower() == ".json":
-        return []  # a JSON array is fine for the datasets library; only JSONL and CSV are checked row by row
+        return [f"{where}: expected a .jsonl, .json or .csv file; fix: convert it to JSONL (one JSON object per line) "
+                "or CSV"]
     try:
         rows = read_rows(path)
     except UserError as exc:
