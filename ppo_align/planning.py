@@ -118,7 +118,7 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     device = device or _default_device()
     if available is None:
         available = _device_memory(device)
-    cfg = _config(recipe.model.source)
+    cfg = _shape(_config(recipe.model.source), recipe.model.source)
     m, p = recipe.model, recipe.ppo
     h, layers, inter, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
     heads = cfg["num_attention_heads"]
@@ -164,7 +164,7 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
         components.append(Component("reward model", base(m.quantization.load_in_4bit, with_lm_head=False) + lora_params(m.lora) * 4,
                                     "the base again + its LoRA and head"))
     elif recipe.reward.source == "model":
-        rm = _config(str(recipe.resolve_path(recipe.reward.path)))
+        rm = _shape(_config(str(recipe.resolve_path(recipe.reward.path))), recipe.reward.path)
         rm_params = rm["vocab_size"] * rm["hidden_size"] + rm["num_hidden_layers"] * 12 * rm["hidden_size"] ** 2
         components.append(Component("reward model", int(rm_params * (0.56 if recipe.reward.load_in_4bit else act)),
                                     "approximate: 12·hidden² per layer"))
@@ -198,6 +198,30 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
              "kv_heads": kv, "parameters": linear_params + other_params + lm_head, "sequence_tokens": seq,
              "rollout_batch": rollout_b, "micro_batch": micro}
     return MemoryPlan(recipe.model.source, components, phase, device, available, shape, rollout, optimisation)
+
+
+# What other architectures call the sizes the estimate needs (GPT-2, Falcon/MPT-style, T5-style names).
+_ALIASES = {"hidden_size": ("n_embd", "d_model"), "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
+            "num_attention_heads": ("n_head", "n_heads", "num_heads"), "intermediate_size": ("n_inner", "ffn_dim", "d_ff")}
+
+
+def _shape(cfg: dict, source: str) -> dict:
+    """The config with the sizes the estimate reads under their Llama names; a clear error when one is missing.
+
+    The estimate counts a gated MLP (gate, up and down projections) as Llama-family models have; for a model with
+    a plain two-matrix MLP (GPT-2) it errs high, about 20%."""
+    cfg = dict(cfg)
+    for key, aliases in _ALIASES.items():
+        if cfg.get(key) is None:
+            cfg[key] = next((cfg[a] for a in aliases if cfg.get(a) is not None), None)
+    if cfg.get("intermediate_size") is None and cfg.get("hidden_size"):
+        cfg["intermediate_size"] = 4 * cfg["hidden_size"]  # the classic MLP width, GPT-2's default for n_inner
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if cfg.get(k) is None]
+    if missing:
+        raise UserError(f"model {source!r}: its config.json has no {', '.join(missing)} (model_type "
+                        f"{cfg.get('model_type', 'unknown')!r}), so `plan` cannot size it; fix: plan a decoder-only "
+                        "language model (Llama, Qwen, Mistral, GPT-2 style), or measure on the device")
+    return cfg
 
 
 def _config(source: str) -> dict:
