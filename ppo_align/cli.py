@@ -221,7 +221,7 @@ def audit_reward_command(
     from ppo_align.rewards.audit import audit_reward, write_audit
 
     loaded = load_recipe(recipe, overrides)
-    result = audit_reward(loaded, sets=evalsets or loaded.audit.sets, limit=limit or loaded.audit.limit,
+    result = audit_reward(loaded, sets=evalsets or None, limit=limit or loaded.audit.limit,
                           reference_answers=reference_answers)
     out.print(result.table())
     for row in result.reference:

@@ -94,7 +94,7 @@ def _craft_run(root: Path) -> None:
         "name": "crafted", "model": {"source": "./model"},
         "reward": {"source": "function", "function": "ppo_align.rewards:expected_behaviour"},
         "data": {"prompts": "../../mini.jsonl"},
-        "eval": {"sets": ["mini.jsonl"], "max_new_tokens": 4, "batch_size": 2},
+        "eval": {"sets": ["../../mini.jsonl"], "max_new_tokens": 4, "batch_size": 2},  # relative to the recipe file
     }))
     (run / "run.json").write_text(json.dumps({"status": "finished"}))
     write_jsonl(run / "metrics.jsonl", [{"step": s, "kl": 0.1 * s, "reward_mean": 0.2 * s} for s in (1, 2)])

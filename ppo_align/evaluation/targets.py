@@ -107,7 +107,8 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
     run = {"dir": str(run_dir), "name": run_dir.name, "recipe": recipe.name, "recipe_yaml": recipe.to_yaml(),
            "status": run_info.get("status"), "model_fingerprint": run_info.get("model_fingerprint")}
     return EvalJob(out_dir=RunDir(run_dir).eval, model=recipe.model, system_prompt=recipe.data.system_prompt,
-                targets=targets, sets=sets or list(recipe.eval.sets), settings=_settings(recipe.eval, settings),
+                targets=targets, sets=sets or [recipe.evalset_source(name) for name in recipe.eval.sets],
+                settings=_settings(recipe.eval, settings),
                 limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter,
                 reward_judge=reward_judge(recipe))
 

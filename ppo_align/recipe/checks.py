@@ -95,9 +95,10 @@ def resource_problems(recipe: Recipe) -> list[str]:
     problems += _reward_problems(recipe)
     problems += _evalset_problems(recipe, "eval.sets", recipe.eval.sets)
     if isinstance(recipe.eval.limit, dict):
-        problems += [f"eval.limit names {name!r}, which is not in eval.sets ({', '.join(recipe.eval.sets)}); "
-                     "fix: name a set the recipe evaluates, or drop it" for name in recipe.eval.limit
-                     if name not in recipe.eval.sets]
+        names = [s if s in shipped_evalsets() else Path(s).stem for s in recipe.eval.sets]
+        problems += [f"eval.limit names {name!r}, which is not in eval.sets ({', '.join(names)}); "
+                     "fix: name a set the recipe evaluates (a file by its stem), or drop it" for name in recipe.eval.limit
+                     if name not in names]
     problems += _evalset_problems(recipe, "audit.sets", recipe.audit.sets)  # `ppo-align audit-reward` uses them too
     return problems
 
@@ -146,7 +147,7 @@ def _evalset_problems(recipe: Recipe, key: str, names: list[str]) -> list[str]:
     for i, name in enumerate(names):
         if name in shipped:
             continue
-        path = recipe.resolve_path(name)
+        path = Path(recipe.evalset_source(name))
         if not path.is_file():
             problems.append(f"{key}[{i}] = {name!r}: neither a shipped set ({', '.join(shipped)}) nor a file; "
                             "fix: check the name or path")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -261,8 +262,8 @@ class EvalSection(Section):
     """Sampled responses per prompt in addition to the greedy one (gives per-prompt P(refuse))."""
     limit: Annotated[int, Field(ge=2)] | dict[str, Annotated[int, Field(ge=2)]] | None = None
     """Evaluate at most this many prompts per set (categories in turn, contrast pairs kept together): one number for
-    every set, or a number per set name (`{minimal_pairs: 200, knowledge: 80}`; sets not named are evaluated in
-    full). Default: all. Eval costs about 0.4 s per prompt and checkpoint for a 135M model on a 2-core CPU."""
+    every set, or a number per set name (`{minimal_pairs: 200, knowledge: 80}`; a file's name is its stem; sets not
+    named are evaluated in full). Default: all. Eval costs about 0.4 s per prompt and checkpoint for a 135M model on a 2-core CPU."""
 
 
 class AuditSection(Section):
@@ -359,6 +360,37 @@ class Recipe(Section):
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.name or self.name)
 
-    def to_yaml(self) -> str:
-        """The fully resolved recipe (defaults filled in) as YAML, e.g. for a run directory."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    def to_yaml(self, relative_to: Path | None = None) -> str:
+        """The fully resolved recipe (defaults filled in) as YAML. With ``relative_to`` (a run directory), the files
+        it names are rewritten relative to that directory, so the copy saved there validates and evaluates in place."""
+        return yaml.safe_dump(self.dump(relative_to), sort_keys=False, allow_unicode=True)
+
+    def dump(self, relative_to: Path | None = None) -> dict:
+        """``model_dump`` as JSON types; with ``relative_to``, file paths rebased as :meth:`to_yaml` says."""
+        data = self.model_dump(mode="json")
+        if relative_to is None:
+            return data
+        from ppo_align.evalsets import shipped_evalsets
+
+        def rebase(value: str) -> str:
+            path = Path(value).expanduser()
+            return value if path.is_absolute() else os.path.relpath(self._base_dir / path, Path(relative_to).resolve())
+
+        shipped = shipped_evalsets()
+        for section, key in (("data", "prompts"), ("warm_start", "data"), ("reward", "pairs"), ("reward", "path")):
+            if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
+                data[section][key] = rebase(data[section][key])
+        function = (data["reward"].get("function") or "") if isinstance(data.get("reward"), dict) else ""
+        module, sep, attr = function.rpartition(":")
+        if sep and module.endswith(".py"):
+            data["reward"]["function"] = f"{rebase(module)}:{attr}"
+        for section in ("eval", "audit"):
+            data[section]["sets"] = [name if name in shipped else rebase(name) for name in data[section]["sets"]]
+        return data
+
+    def evalset_source(self, name: str) -> str:
+        """An eval set the recipe names, as `load_evalset` takes it: a shipped name as it is, a file resolved
+        against the recipe file (the one rule for every path in a recipe)."""
+        from ppo_align.evalsets import shipped_evalsets
+
+        return name if name in shipped_evalsets() else str(self.resolve_path(name))

@@ -79,7 +79,8 @@ def audit_reward(recipe: Recipe, scorer=None, tokenizer=None, *, sets: list[str]
     Args:
         recipe: the recipe whose reward is audited (a trained reward model is trained or reused).
         scorer, tokenizer: an already built reward scorer and the policy tokenizer (built if not given).
-        sets: eval sets with refuse/comply prompts (default: boundary and refusal).
+        sets: eval sets with refuse/comply prompts, names or paths as given (default: the recipe's audit.sets,
+            its files resolved against the recipe file).
         limit: at most this many prompts per set (categories in turn, contrast pairs kept).
         reference_answers: also answer this many prompts per set with the reference model and check
             the reward ranks judged-right answers above judged-wrong ones (0: skip; loads the model).
@@ -91,7 +92,7 @@ def audit_reward(recipe: Recipe, scorer=None, tokenizer=None, *, sets: list[str]
     if scorer is None:
         scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=progress)
     rows, reference = [], []
-    for name in sets or ["boundary", "refusal"]:
+    for name in sets or [recipe.evalset_source(name) for name in recipe.audit.sets]:
         evalset = load_evalset(name)
         if limit:
             evalset = evalset.limited(limit)

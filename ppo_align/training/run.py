@@ -77,7 +77,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     info = _run_info(recipe, start_from)
     info["processes"] = processes.num_processes
     if main:
-        write_atomic(RunDir(run_dir).recipe, recipe.to_yaml())
+        write_atomic(RunDir(run_dir).recipe, recipe.to_yaml(relative_to=run_dir))
         write_atomic(RunDir(run_dir).info, json.dumps(info, indent=2))
 
     from transformers import set_seed
@@ -161,7 +161,7 @@ def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
     """Audit the reward before PPO: warn, or stop, if it does not prefer the expected behaviour."""
 
     a = recipe.audit
-    result = audit_reward(recipe, scorer, tokenizer, sets=a.sets, limit=a.limit, model_dir=model_dir)
+    result = audit_reward(recipe, scorer, tokenizer, limit=a.limit, model_dir=model_dir)
     path = write_audit(result, recipe.run_dir)
     worst = result.worst
     share = worst["prefers_expected"]["rate"]
@@ -187,7 +187,7 @@ def _prepare_run_dir(recipe: Recipe, run_dir: Path, resume: ResumeMode, force: b
             for name in LOGS:
                 RunDir(run_dir).log(name).unlink(missing_ok=True)
     elif saved.exists() and not force:
-        changed = _changed_keys(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
+        changed = _changed_keys(yaml.safe_load(saved.read_text()) or {}, recipe.dump(relative_to=run_dir))
         if changed:
             raise UserError(
                 f"{run_dir}: was made by a different recipe (changed: {', '.join(changed[:5])}); "
