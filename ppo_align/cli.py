@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -61,14 +62,33 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors in the log."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the libraries' own output: their warnings, "
+                                 "deprecation notices and weight-loading bars (hidden by default)."),
 ) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=debug)])
-    # Library chatter (transformers, TRL) stays at warnings unless debugging.
-    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    library_level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx", "bitsandbytes"):
+        logging.getLogger(name).setLevel(library_level)
+    if not (verbose or debug):
+        silence_libraries()
+
+
+def silence_libraries() -> None:
+    """Our progress bars and one line per stage, not the libraries' chatter: their warnings about their own
+    internals (deprecations, the bitsandbytes CPU kernel, pin_memory without a GPU) and a weight-loading bar per
+    model load. Set through the environment too, so processes launched for multi-process training inherit it."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and datasets' bars follow it
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module=r"(torch|transformers|trl|peft|accelerate|bitsandbytes|datasets)(\.|$)")
 
 
 @app.command()

@@ -24,6 +24,8 @@ def run_cli(monkeypatch, capsys):
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["ppo-align", *map(str, args)])
+        for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "PYTHONWARNINGS"):
+            monkeypatch.delenv(name, raising=False)  # the CLI quiets the libraries through these; undone after the test
         code = 0
         try:
             cli.main()

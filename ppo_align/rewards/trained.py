@@ -24,7 +24,7 @@ from ppo_align.errors import UserError
 from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rundir import ADAPTER, RunDir
-from ppo_align.training.stages import cached_stage, file_hash, trainer_args
+from ppo_align.training.stages import cached_stage, file_hash, quiet_logs, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def train_reward_model(recipe: Recipe, model_dir: str, tokenizer, output: Path, 
     model = models.load_value_model(recipe.model, None, model_dir, tokenizer)
     args = RewardConfig(**trainer_args(recipe, output.parent, reward, progress=progress))
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_pairs), processing_class=tokenizer)
+    quiet_logs(trainer)
     models.keep_trainable_dtype(model, recipe.model)
     log.info("reward model: training on %d preference pairs (%d held out)", len(train_pairs), len(held_out))
     started = time.perf_counter()

@@ -57,6 +57,22 @@ def file_hash(*parts: object, files: tuple[Path, ...] = ()) -> str:
     return digest(json.dumps(parts, sort_keys=True, default=str), files=files).hexdigest()
 
 
+def quiet_logs(trainer) -> None:
+    """Keep a supervised stage's progress bar but not the raw dict of every logging step that transformers prints
+    beside it (the losses stay in ``trainer.state.log_history``, which the stage records)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    had_bar = any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks)
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    if had_bar:
+        trainer.add_callback(BarOnly())
+
+
 def trainer_args(recipe, output: Path, section, *, progress: bool) -> dict:
     """The TrainingArguments a supervised stage (SFTTrainer, RewardTrainer) shares: schedule from its
     recipe ``section`` (epochs, learning_rate, batch_size, max_length); precision, seed and checkpointing

@@ -28,7 +28,7 @@ from ppo_align.errors import UserError
 from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rundir import ADAPTER, RunDir
-from ppo_align.training.stages import cached_stage, file_hash, trainer_args
+from ppo_align.training.stages import cached_stage, file_hash, quiet_logs, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def train_warm_start(recipe: Recipe, model_dir: str, tokenizer, output: Path, *,
     model = models.load_policy(recipe.model, model_dir, tokenizer)
     args = SFTConfig(completion_only_loss=True, **trainer_args(recipe, output.parent, ws, progress=progress))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    quiet_logs(trainer)
     models.keep_trainable_dtype(model, recipe.model)
     log.info("warm start: SFT on %d demonstrations for %s epochs", len(dataset), ws.epochs)
     started = time.perf_counter()
