@@ -84,7 +84,10 @@ def test_trained_reward_model_learns_is_cached_and_scores_each_response(tiny_rec
     stage = RunDir(load_recipe(tiny_recipe).run_dir).reward_model
     facts = info(stage)
     assert facts["pairs"] == 18 and facts["held_out"] == 6 and facts["steps"] == 15
-    assert 0.0 <= facts["held_out_accuracy"] <= 1.0  # measured, not asserted: a tiny random model learns little
+    # The training pairs separate on the response alone (a refusal vs an answer): a model whose LoRA and head
+    # learn fits them; one whose gradients never arrive (the bitsandbytes CPU trap) stays near 0.5.
+    assert facts["train_accuracy"] >= 0.9, facts
+    assert 0.0 <= facts["held_out_accuracy"] <= 1.0  # 6 pairs of a tiny random model: reported, not a learning test
     stamp = (stage / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     assert _scores(tiny_recipe) == scores  # reused from the cache, same model, same scores
     assert (stage / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp

@@ -100,6 +100,7 @@ def train_reward_model(recipe: Recipe, model_dir: str, tokenizer, output: Path, 
         "dropped_too_long": dropped,
         "steps": result.global_step,
         "train_loss": result.training_loss,
+        "train_accuracy": pair_accuracy(model, tokenizer, train_pairs),  # near 0.5: it learned nothing
         "held_out_accuracy": pair_accuracy(model, tokenizer, held_out) if held_out else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
