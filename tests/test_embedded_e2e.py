@@ -41,7 +41,8 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     assert code == 0, err
     results = json.loads((run / "eval" / "results.json").read_text())
     assert [t["name"] for t in results["targets"]] == ["reference", "checkpoint-1", "checkpoint-2"]
-    assert set(results["evalsets"]) == {"boundary", "refusal", "knowledge"} and results["evalsets"]["boundary"]["n"] == 12
+    assert set(results["evalsets"]) == {"boundary", "minimal_pairs", "refusal", "knowledge"}
+    assert results["evalsets"]["boundary"]["n"] == results["evalsets"]["minimal_pairs"]["n"] == 12
     assert "reference → checkpoint-2" in out
 
     # Adapter swapping is exact on the real 4-bit model: checkpoint-2's answers in results.json equal those
@@ -70,7 +71,15 @@ def test_default_recipe_trains_checkpoints_and_resumes(run_cli, tmp_path, caplog
     # The last step of the main command: the report.
     code, out, err = run_cli("report", run)
     assert code == 0, err
-    assert (run / "report" / "report.html").is_file() and "knowledge unchanged" in out
+    assert (run / "report" / "report.html").is_file()
+    # The knowledge claim's verdict follows its rule on this run's numbers (interval inside ±5 points), not
+    # merely its name appearing.
+    change = next(row for row in results["shifts"] if (row["target"], row["set"], row["category"])
+                  == ("checkpoint-2", "knowledge", "all"))["exact_match"]
+    verdict = "PASS" if -0.05 <= change["low"] and change["high"] <= 0.05 else "FAIL"
+    row = next(line for line in (run / "report" / "report.md").read_text().splitlines()
+               if line.startswith("| knowledge unchanged |"))
+    assert row.split("|")[2].strip() == verdict, row
 
 
 def test_knowledge_control_is_answerable_by_the_embedded_model():

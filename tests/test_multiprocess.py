@@ -42,6 +42,10 @@ def test_two_processes_train_checkpoint_and_resume(tiny_recipe, tmp_path):
     last = latest_complete(run_dir)
     assert last.step == 4
     assert last.progress()["episode"] == 32 and last.progress()["processes"] == 2
+    # The processes stayed in sync: the same trainable weights in both at every checkpoint (only one writes them).
+    for ckpt in (run_dir / "checkpoint-2", last.path):
+        digests = json.loads((ckpt / "progress.json").read_text())["weights_per_process"]
+        assert len(digests) == 2 and digests[0] == digests[1], digests
     state = {p.name for p in (last.path / "state").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl", "scheduler.json"} <= state
     assert (last.path / "policy" / "adapter_model.safetensors").is_file()

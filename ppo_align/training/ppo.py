@@ -407,15 +407,36 @@ class PPORun:
             if self.is_main:
                 (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
 
+        # Only the main process writes the adapters, on the premise that data-parallel training keeps every copy
+        # identical; each process's digest of its trainable weights goes into progress.json so that it is checked.
+        from accelerate.utils import gather_object
+
+        digests = gather_object([self.weights_digest()]) if accelerator.num_processes > 1 else [self.weights_digest()]
+        if len(set(digests)) > 1:
+            log.error("update %d: the processes' trainable weights differ (%s); the saved adapters are the main "
+                      "process's", state.global_step, ", ".join(d[:12] for d in digests))
         ckpt = checkpoints.write_checkpoint(
             self.run_dir, state.global_step,
             {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size,
-             "processes": accelerator.num_processes, "monitor": check.to_dict() if check else None},
+             "processes": accelerator.num_processes, "weights_per_process": digests,
+             "monitor": check.to_dict() if check else None},
             write, main=self.is_main, barrier=accelerator.wait_for_everyone,
         )
         if self.is_main:
             checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
         return ckpt
+
+    def weights_digest(self) -> str:
+        """sha256 of this process's trainable policy and value weights, in name order."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for module in (self.unwrapped.policy, self.unwrapped.value_model):
+            for name, param in sorted(module.named_parameters()):
+                if param.requires_grad:
+                    digest.update(name.encode())
+                    digest.update(param.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def load(self, ckpt: checkpoints.Checkpoint) -> int:
         """Restore adapters, optimizer, scheduler and RNG from a checkpoint; return the updates done."""
