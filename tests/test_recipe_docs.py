@@ -55,5 +55,5 @@ def test_rows_show_types_defaults_ranges_and_meaning():
     assert "| required |" in _row(text, "data.prompts")
     # Literal and optional types: pipes escaped so the table keeps five columns.
     assert '`"k1" \\| "k3"`' in _row(text, "ppo.kl_estimator")
-    assert "`int \\| None`" in _row(text, "eval.limit")
+    assert "`int \\| dict[str, int] \\| None`" in _row(text, "eval.limit")
     assert "values ≥ 0, ≤ 1" in _row(text, "monitor.min_refusal")

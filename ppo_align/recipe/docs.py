@@ -92,7 +92,8 @@ def _default(field: FieldInfo) -> str:
 def _range(field: FieldInfo) -> str:
     parts = _bounds(field.metadata)
     inner = [_bounds(info.metadata) for info in _annotated_args(field.annotation)]
-    parts += [f"values {', '.join(b)}" for b in inner if b]  # e.g. dict[str, Annotated[float, Field(ge=0)]]
+    # e.g. dict[str, Annotated[float, Field(ge=0)]]; the same bound on several members of a union is said once
+    parts += list(dict.fromkeys(f"values {', '.join(b)}" for b in inner if b))
     values = [json.dumps(v) for v in _literals(field.annotation)]
     if len(values) > 1:  # a single value is a union tag, already shown as the type
         parts.append("one of " + ", ".join(values))
