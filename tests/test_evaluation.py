@@ -370,3 +370,23 @@ def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_mod
         assert g.scored.entropy == pytest.approx(f.entropy, abs=1e-3)
         assert g.scored.kl == pytest.approx(f.kl, abs=1e-4)
     assert sum(g.scored.kl for g in generated) > 0
+
+
+def test_adapters_sharing_a_directory_name_get_distinct_names_and_a_report(tiny_run, tiny_model_dir, tmp_path):
+    """Two runs' `checkpoint-N/policy` are told apart by their paths, and the report draws targets that have no
+    PPO update (they were given as --adapter) by name."""
+    import shutil
+
+    from ppo_align import report
+
+    other = tmp_path / "other-run"
+    shutil.copytree(tiny_run / "checkpoint-2", other / "checkpoint-2")
+    mini = _write_set(tmp_path / "mini.jsonl")
+    results = evaluate(model=str(tiny_model_dir), adapters=[tiny_run / "checkpoint-2" / "policy", other / "checkpoint-2" / "policy"],
+                       output=tmp_path / "out", sets=[str(mini)], max_new_tokens=6, progress=False)
+    assert results.targets == ["reference", f"{tiny_run.name}/checkpoint-2/policy", "other-run/checkpoint-2/policy"]
+    built = report([tmp_path / "out"])
+    assert built.html.is_file()
+    with pytest.raises(UserError, match="given twice"):
+        evaluate(model=str(tiny_model_dir), adapters=[tiny_run / "checkpoint-2" / "policy"] * 2,
+                 output=tmp_path / "out2", sets=[str(mini)], progress=False)

@@ -239,7 +239,7 @@ class _Session:
         # garbage (measured on the embedded model: nonsense text, KL ~7 nats/token; loaded before, exact).
         for target in self.job.targets:
             if target.adapter is not None:
-                self.model = self._with_adapter(target.adapter, target.name)
+                self.model = self._with_adapter(target.adapter, _adapter_name(target.name))
         self.load_seconds = round(time.perf_counter() - start, 2)
 
     def _activate(self, target: Target):
@@ -247,7 +247,7 @@ class _Session:
         if self.model is None:
             self._load()
         if target.adapter is not None and self.active != target.name:
-            self.model.set_adapter(target.name)
+            self.model.set_adapter(_adapter_name(target.name))
             self.active = target.name
         return self.model
 
@@ -435,3 +435,9 @@ class Cache:
 
     def put(self, key: dict, entry: dict) -> None:
         write_json_atomic(self._path(key), entry)
+
+
+def _adapter_name(target: str) -> str:
+    """The name PEFT holds a target's adapter under: PEFT names become module attribute names, so no dots or
+    slashes (a target named `run-a/checkpoint-10/policy` stays readable in the results)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in target)

@@ -119,19 +119,32 @@ def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: s
     """Targets of a model that did not come from a run: the model itself as reference, then each PEFT adapter."""
 
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
-    for path in map(Path, adapters):
+    paths = list(map(Path, adapters))
+    for path in paths:
         if not (path / "adapter_config.json").is_file():
             raise UserError(f"--adapter {path}: not a PEFT adapter directory (no adapter_config.json); "
                             "fix: pass a directory written by save_pretrained of a PEFT model")
         if damaged := _damaged_weights(path):
             raise UserError(f"--adapter {path}: {damaged}; fix: save the adapter again (or restore its files)")
-        targets.append(Target(path.name, None, path, adapter_fingerprint(path)))
-    if len({t.name for t in targets}) != len(targets):
-        raise UserError("--adapter: two adapters share a directory name; fix: give them distinct directory names")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise UserError("--adapter: the same adapter is given twice; fix: pass each adapter once")
+    for path, name in zip(paths, target_names(paths)):
+        targets.append(Target(name, None, path, adapter_fingerprint(path)))
     out = Path(output) if output else Path("eval-" + Path(source.rstrip("/")).name.replace(":", "-"))
     defaults = EvalSection()
     return EvalJob(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
                 sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
+
+
+def target_names(paths: list[Path]) -> list[str]:
+    """Each adapter's name in the results: its directory name, or as many trailing path parts as it takes to tell
+    it apart (two runs' `checkpoint-10/policy` become `run-a/checkpoint-10/policy` and `run-b/...`)."""
+    parts = [p.resolve().parts for p in paths]
+    for depth in range(1, max(map(len, parts), default=1) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) and REFERENCE not in names:
+            return names
+    return [str(p) for p in paths]
 
 
 def _damaged_weights(directory: Path) -> str | None:

@@ -91,6 +91,8 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
          f"Training reward beside {judged} behaviour (eval sets) and the training-time monitor: "
          "reward rising while judged behaviour stays flat is reward hacking."),
     ):
+        if name == "reward-vs-judge" and any(run.step_of(t) is None for t in res.targets[1:]):
+            continue  # targets that are not checkpoints of a training run have no training reward to set beside
         fig = make()
         if fig is not None:
             figures.blocks.append(Figure(f"{slug}-{name}", plots.to_png(fig), caption))

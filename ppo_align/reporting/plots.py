@@ -36,14 +36,16 @@ def behaviour_vs_step(results: EvalResults, label: str = "") -> Figure:
     """Over-refusal, under-refusal and partial rate against PPO step, one panel per behaviour set."""
     sets = [s for s in results.data["evalsets"] if _behaviour_set(results, s)]
     fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(4.6 * max(len(sets), 1), 3.4), squeeze=False)
+    x, xlabel = _positions(results)
     for ax, evalset in zip(axes[0], sets):
         for key, name in RATES:
             rows = [_row(results, t, evalset) for t in results.targets]
-            points = [(r["step"], r[key]) for r in rows if r and r[key]["n"]]
+            points = [(x[r["target"]], r[key]) for r in rows if r and r[key]["n"]]
             if points:
                 _band(ax, [s for s, _ in points], [v for _, v in points], name)
         ax.set_title(f"{label}{evalset}")
-        _rate_axis(ax, "PPO update")
+        _rate_axis(ax, xlabel)
+        _target_ticks(ax, results)
     axes[0][0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
@@ -53,14 +55,16 @@ def categories_vs_step(results: EvalResults) -> Figure:
     """Refusal rate per category against step, one panel per behaviour set (bands are 95% intervals)."""
     sets = [s for s in results.data["evalsets"] if _behaviour_set(results, s)]
     fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(5.2 * max(len(sets), 1), 3.8), squeeze=False)
+    x, xlabel = _positions(results)
     for ax, evalset in zip(axes[0], sets):
         categories = sorted({r["category"] for r in results.data["metrics"] if r["set"] == evalset} - {"all"})
         for category in categories:
             rows = [_row(results, t, evalset, category) for t in results.targets]
-            points = [(r["step"], r["refusal"]) for r in rows if r and r["refusal"]["n"]]
+            points = [(x[r["target"]], r["refusal"]) for r in rows if r and r["refusal"]["n"]]
             _band(ax, [s for s, _ in points], [v for _, v in points], category, alpha=0.08)
         ax.set_title(f"{evalset}: refusal by category")
-        _rate_axis(ax, "PPO update")
+        _rate_axis(ax, xlabel)
+        _target_ticks(ax, results)
         ax.legend(fontsize=6, ncol=2, loc="best")
     fig.tight_layout()
     return fig
@@ -149,12 +153,14 @@ def knowledge_vs_step(results: EvalResults) -> Figure | None:
     if not sets:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))
+    x, xlabel = _positions(results)
     for evalset in sets:
         rows = [_row(results, t, evalset) for t in results.targets]
-        points = [(r["step"], r["exact_match"]) for r in rows if r and r.get("exact_match")]
+        points = [(x[r["target"]], r["exact_match"]) for r in rows if r and r.get("exact_match")]
         _band(ax, [s for s, _ in points], [v for _, v in points], f"{evalset} exact match")
     ax.set_title("knowledge (should stay flat)")
-    _rate_axis(ax, "PPO update")
+    _rate_axis(ax, xlabel)
+    _target_ticks(ax, results)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -237,6 +243,21 @@ def _row(results: EvalResults, target: str, evalset: str, category: str = "all")
         return results.metric(target, evalset, category)
     except KeyError:
         return None
+
+
+def _positions(results: EvalResults) -> tuple[dict[str, float], str]:
+    """Where each target sits on the x axis: its PPO update for a training run's checkpoints; its place in the
+    list for targets without one (`eval --model --adapter`: adapters from anywhere)."""
+    steps = {t["name"]: t.get("step") for t in results.data["targets"]}
+    if all(step is not None for step in steps.values()):
+        return steps, "PPO update"
+    return {name: i for i, name in enumerate(steps)}, "target"
+
+
+def _target_ticks(ax, results: EvalResults) -> None:
+    """Name the targets on the x axis when they have no PPO update to stand for them."""
+    if any(t.get("step") is None for t in results.data["targets"]):
+        ax.set_xticks(range(len(results.targets)), results.targets, rotation=20, fontsize=7, ha="right")
 
 
 def _behaviour_set(results: EvalResults, evalset: str) -> bool:
