@@ -46,7 +46,8 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def model_dir_problems(path: Path, *, need_weights: bool = False, trust_remote_code: bool = False) -> list[str]:
+def model_dir_problems(path: Path, *, need_weights: bool = False, trust_remote_code: bool = False,
+                       chat: bool = False) -> list[str]:
     """What stops ``path`` loading as a Hugging Face model directory, from its small files and weight headers.
 
     Finds a missing or unreadable config.json and damaged safetensors files in seconds, before any loading;
@@ -72,6 +73,14 @@ def model_dir_problems(path: Path, *, need_weights: bool = False, trust_remote_c
                      for name in ("config.json", "tokenizer_config.json") if "auto_map" in _json_object(path / name)]
     if need_weights and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         problems.append(f"no weight files (*.safetensors or *.bin) in it; {fix}")
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    if chat and has_tokenizer and not _json_object(path / "tokenizer_config.json").get("chat_template") \
+            and not any(path.glob("chat_template.*")):
+        # Every prompt is rendered as a chat turn (training, eval, rewards): a base model without a template
+        # would fail deep inside transformers at the first prompt.
+        problems.append("its tokenizer has no chat template (no chat_template in tokenizer_config.json, no "
+                        "chat_template.jinja), and ppo-align renders every prompt as a chat turn; fix: use an "
+                        "instruct/chat model, or add a chat template to the tokenizer")
     return problems
 
 
@@ -90,7 +99,8 @@ def check_model_source(source: str, what: str = "model.source", *, trust_remote_
         return
     path = Path(source).expanduser()
     if path.is_dir():
-        problems = model_dir_problems(path, need_weights=True, trust_remote_code=trust_remote_code)
+        problems = model_dir_problems(path, need_weights=True, trust_remote_code=trust_remote_code,
+                                      chat=what != "reward.path")
         if problems:
             raise UserError(*(f"{what} = {source!r}: {p}" for p in problems))
     elif path.exists():

@@ -63,7 +63,8 @@ def _write_small_model(directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
         "intermediate_size": 16, "vocab_size": 32, "max_position_embeddings": 256}))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                                                                 "chat_template": "{{ messages }}"}))
     (directory / "model.safetensors").write_bytes(_safetensors())
 
 

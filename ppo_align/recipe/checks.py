@@ -172,7 +172,7 @@ def _model_metadata(recipe: Recipe) -> tuple[dict, list[str]]:
         return meta | {"eos_token": model.eos_token}, []
     path = Path(source).expanduser()
     if path.is_dir():
-        problems = model_dir_problems(path, trust_remote_code=recipe.model.trust_remote_code)
+        problems = model_dir_problems(path, trust_remote_code=recipe.model.trust_remote_code, chat=True)
         return _local_model_metadata(path), [f"model.source = {source!r}: {p}" for p in problems]
     if _looks_like_path(source):
         return {}, [f"model.source = {source!r}: no such directory; fix: check the path, or use embedded:{next(iter(embedded.EMBEDDED_MODELS))}"]
