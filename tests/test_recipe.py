@@ -114,7 +114,7 @@ def test_local_model_dir_metadata_is_checked(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{"max_position_embeddings": 64}')
-    (model_dir / "tokenizer_config.json").write_text('{"eos_token": "</s>", "pad_token": "</s>"}')
+    (model_dir / "tokenizer_config.json").write_text('{"eos_token": "</s>", "pad_token": "</s>", "chat_template": "{{ messages }}"}')
     with pytest.raises(UserError) as info:
         load_recipe("smollm2-refusal-boundary", {"model.source": str(model_dir)})
     text = str(info.value)
@@ -123,3 +123,7 @@ def test_local_model_dir_metadata_is_checked(tmp_path):
     with pytest.raises(UserError) as info:
         load_recipe("smollm2-refusal-boundary", {"model.source": str(model_dir), "model.pad_token": "<pad>"})
     assert len(info.value.problems) == 1
+    # A base model without a chat template: one more problem, found from the tokenizer config alone.
+    (model_dir / "tokenizer_config.json").write_text('{"eos_token": "</s>", "pad_token": "<pad>"}')
+    with pytest.raises(UserError, match="no chat template"):
+        load_recipe("smollm2-refusal-boundary", {"model.source": str(model_dir)})

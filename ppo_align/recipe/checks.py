@@ -50,6 +50,13 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
             f"ppo.whiten_rewards = true: needs mini-batches of at least 8 responses, these have "
             f"{rollout // p.num_mini_batches}; fix: set whiten_rewards: false or use larger batches"
         )
+    if recipe.reward.normalize and p.local_rollout_forward_batch_size < rollout:
+        # TRL scores a rollout in chunks of local_rollout_forward_batch_size, and the reward sees one chunk a call.
+        problems.append(
+            f"reward.normalize = true: scores are standardised per scoring chunk (ppo.local_rollout_forward_batch_size "
+            f"= {p.local_rollout_forward_batch_size}), which is smaller than the rollout batch ({rollout}), so each "
+            f"chunk would get its own mean and scale; fix: set ppo.local_rollout_forward_batch_size to {rollout}, or "
+            "drop reward.normalize")
     if recipe.reference.mode == "warm-start" and recipe.warm_start is None:
         problems.append("reference.mode = 'warm-start': the recipe has no warm_start section; "
                         "fix: add one, or use mode: disabled-adapter")

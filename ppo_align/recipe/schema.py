@@ -93,8 +93,9 @@ class RewardShaping(Section):
     """Options every reward source shares, applied to its scores before PPO sees them."""
 
     normalize: bool = False
-    """Standardise each rollout batch's scores (subtract the mean, divide by the std): keeps the reward's
-    scale, and so the weight of the KL brake, the same whatever the source's units."""
+    """Standardise each rollout batch's scores (subtract the mean, divide by the std; per process): keeps the
+    reward's scale, and so the weight of the KL brake, the same whatever the source's units. Needs
+    ppo.local_rollout_forward_batch_size at least the rollout batch, since the reward sees one scoring chunk a call."""
     clip: float | None = Field(None, gt=0)
     """Clip scores (after normalize) to [-clip, clip], so one extreme score cannot dominate an update."""
 
