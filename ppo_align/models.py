@@ -325,16 +325,53 @@ def load_for_inference(section: ModelSection, model_dir: str, tokenizer):
     return model.eval()
 
 
-def model_fingerprint(source: str) -> str:
-    """Identifies the base weights: the GGUF hash for embedded models, else config + weight file names and sizes."""
+def model_fingerprint(source: str, revision: str | None = None) -> str:
+    """Identifies the base weights, so cached work (warm start, reward model, eval) is reused only for the same ones.
+
+    Embedded: the GGUF's hash. A local directory: config.json and the content of every weight file (a model
+    retrained in place is a new model). A hub id: the commit its revision resolves to in the local hub cache.
+    """
     if embedded.is_embedded_source(source):
         return "gguf-sha256:" + embedded.fingerprint(embedded.locate_gguf(embedded.lookup(source)))
     path = Path(source).expanduser()
     if not path.is_dir():
-        return f"hub:{source}"
-    parts = [file.read_bytes() if file.name == "config.json" else f"{file.name}:{file.stat().st_size}"
-             for file in sorted(path.iterdir()) if file.name == "config.json" or file.suffix in {".safetensors", ".bin"}]
-    return "dir-sha256:" + digest(*parts).hexdigest()
+        return f"hub:{source}@{_hub_commit(source, revision) or revision or 'main'}"
+    files = [f for f in sorted(path.iterdir()) if f.name == "config.json" or f.suffix in {".safetensors", ".bin"}]
+    return "dir-sha256:" + digest(*[f"{f.name}:{_content_hash(f)}" for f in files]).hexdigest()
+
+
+def _hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit sha ``revision`` (default: main) points at in the local hub cache, without the network; None if
+    the model has not been downloaded."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "config.json", revision=revision)
+    except Exception:  # an id the hub library rejects: the loader will say what is wrong with it
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def _content_hash(file: Path) -> str:
+    """sha256 of a file's bytes, remembered by (path, size, modification time) in the cache directory: a multi-GB
+    weight file is read once, not at every command, and a file rewritten in place is read again."""
+    from ppo_align.files import write_json_atomic
+
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = embedded.cache_root() / "file-hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = digest(files=[file]).hexdigest()
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo_path, memo)
+        except OSError:
+            pass  # a read-only cache only costs hashing again next time
+    return memo[key]
 
 
 REFERENCE_ADAPTER = "reference"

@@ -111,7 +111,7 @@ def _craft_run(root: Path) -> None:
     os.chdir(root)
     try:
         job = job_for_run(run.relative_to(root))
-        base = {"source": job.model.source, "fingerprint": model_fingerprint(job.model.source),
+        base = {"source": job.model.source, "fingerprint": model_fingerprint(job.model.source, job.model.revision),
                 "load_in_4bit": job.model.quantization.load_in_4bit}
         session = _Session(job, job.model, base, Cache(job.out_dir / "cache"), False)
         evalset = load_evalset("mini.jsonl").limited(job.limit)

@@ -390,3 +390,42 @@ def test_adapters_sharing_a_directory_name_get_distinct_names_and_a_report(tiny_
     with pytest.raises(UserError, match="given twice"):
         evaluate(model=str(tiny_model_dir), adapters=[tiny_run / "checkpoint-2" / "policy"] * 2,
                  output=tmp_path / "out2", sets=[str(mini)], progress=False)
+
+
+def test_model_fingerprint_follows_weight_content_and_hub_commit(tmp_path, monkeypatch):
+    """Cached warm starts, reward models and eval results are keyed by the base's fingerprint: it must change when
+    a local model is retrained in place (same file names and sizes) and when a hub revision moves to a new commit."""
+    import os
+
+    from ppo_align.models import model_fingerprint
+
+    monkeypatch.setenv("PPO_ALIGN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    first = model_fingerprint(str(model))
+    assert model_fingerprint(str(model)) == first  # remembered, and stable
+    stat = weights.stat()
+    weights.write_bytes(b"\x01" * 64)  # retrained in place: same name, same size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert model_fingerprint(str(model)) != first
+
+    hub = tmp_path / "hub"
+    snapshots = hub / "models--org--model" / "snapshots"
+    for commit in ("a" * 40, "b" * 40):
+        (snapshots / commit).mkdir(parents=True)
+        (snapshots / commit / "config.json").write_text("{}")
+    refs = hub / "models--org--model" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    assert model_fingerprint("org/model") == f"hub:org/model@{'a' * 40}"
+    (refs / "main").write_text("b" * 40)  # the branch moved on
+    assert model_fingerprint("org/model") == f"hub:org/model@{'b' * 40}"
+    assert model_fingerprint("org/model", "b" * 40) == f"hub:org/model@{'b' * 40}"
+    assert model_fingerprint("org/other") == "hub:org/other@main"  # not downloaded: the revision as given

@@ -131,7 +131,7 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
     check_model_source(section.source, "model.source" if job.run else "--model", trust_remote_code=section.trust_remote_code)
     check_writable(job.out_dir, "make it writable" if job.run else "pass a writable --output directory")
 
-    base = {"source": section.source, "fingerprint": model_fingerprint(section.source),
+    base = {"source": section.source, "fingerprint": model_fingerprint(section.source, section.revision),
             "load_in_4bit": section.quantization.load_in_4bit}
     cache = Cache(job.out_dir / EVAL_CACHE)
     processes = process_state()

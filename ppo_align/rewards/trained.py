@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def cache_key(recipe: Recipe) -> str:
     reward = recipe.reward
     return file_hash(reward.model_dump(mode="json", exclude={"pairs", "normalize", "clip"}),
-                     recipe.model.model_dump(mode="json"), models.model_fingerprint(recipe.model.source),
+                     recipe.model.model_dump(mode="json"), models.model_fingerprint(recipe.model.source, recipe.model.revision),
                      recipe.data.system_prompt, recipe.ppo.seed, files=(recipe.resolve_path(reward.pairs),))
 
 

@@ -248,7 +248,7 @@ def _run_info(recipe: Recipe, start_from) -> dict:
         "versions": provenance.versions(),
         "git_revision": provenance.git_revision(),
         "model_source": recipe.model.source,
-        "model_fingerprint": models.model_fingerprint(recipe.model.source),
+        "model_fingerprint": models.model_fingerprint(recipe.model.source, recipe.model.revision),
     }
 
 

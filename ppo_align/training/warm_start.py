@@ -38,7 +38,7 @@ def cache_key(recipe: Recipe) -> str:
     """Hash of every input that shapes the warm-start adapter."""
     ws = recipe.warm_start
     return file_hash(ws.model_dump(mode="json", exclude={"data"}), recipe.model.model_dump(mode="json"),
-                     models.model_fingerprint(recipe.model.source), recipe.data.system_prompt, recipe.ppo.seed,
+                     models.model_fingerprint(recipe.model.source, recipe.model.revision), recipe.data.system_prompt, recipe.ppo.seed,
                      files=(recipe.resolve_path(ws.data),))
 
 
