@@ -115,6 +115,11 @@ def shipped_evalsets() -> dict[str, dict]:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
+def evalset_name(name_or_path: str | Path, shipped: dict) -> str:
+    """What results, caches and ``eval.limit`` call a set: a shipped set by its name, a user's file by its stem."""
+    return str(name_or_path) if str(name_or_path) in shipped else Path(name_or_path).stem
+
+
 def load_evalset(name_or_path: str | Path) -> EvalSet:
     """Load and validate a shipped set by name, or a JSONL/CSV file.
 
@@ -131,7 +136,7 @@ def load_evalset(name_or_path: str | Path) -> EvalSet:
         if not path.is_file():
             raise UserError(f"eval set {str(name_or_path)!r}: neither a shipped set ({', '.join(manifest)}) nor a file; "
                             "fix: check the name or path")
-        name, version = path.stem, "user"
+        name, version = evalset_name(path, manifest), "user"
     rows = read_rows(path)
     model = JudgeExample if rows and "response" in rows[0][1] else EvalItem
     items, problems, columns = [], [], {}

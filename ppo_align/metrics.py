@@ -33,10 +33,8 @@ class Rate:
 def rate(k: int, n: int, confidence: float = CONFIDENCE) -> Rate:
     if n == 0:
         return Rate(0, 0, math.nan, math.nan, math.nan)
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return Rate(k, n, k / n, float(ci.low), float(ci.high))
+    low, high = _wilson(k, n, confidence)
+    return Rate(k, n, k / n, low, high)
 
 
 @dataclass(frozen=True)
@@ -84,8 +82,8 @@ def _newcombe_paired(both: int, lost: int, gained: int, neither: int, confidence
     [0, 0] when nothing flipped, and keeps close to its nominal coverage at small counts."""
     n = both + lost + gained + neither
     before, after = (both + lost) / n, (both + gained) / n
-    l1, u1 = (float(x) for x in _wilson(both + lost, n, confidence))
-    l2, u2 = (float(x) for x in _wilson(both + gained, n, confidence))
+    l1, u1 = _wilson(both + lost, n, confidence)
+    l2, u2 = _wilson(both + gained, n, confidence)
     product = (both + lost) * (gained + neither) * (both + gained) * (lost + neither)
     b = both * neither - lost * gained
     c = b - n / 2 if b > n / 2 else (0.0 if b >= 0 else b)
@@ -96,11 +94,12 @@ def _newcombe_paired(both: int, lost: int, gained: int, neither: int, confidence
     return max(delta - down, -1.0), min(delta + up, 1.0)
 
 
-def _wilson(k: int, n: int, confidence: float):
+def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval of k of n (well-behaved near 0 and 1, unlike the normal approximation)."""
     from scipy.stats import binomtest
 
     ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return ci.low, ci.high
+    return float(ci.low), float(ci.high)
 
 
 def mean(values: list[float | None]) -> float:

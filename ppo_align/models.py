@@ -92,15 +92,15 @@ def _json_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def check_model_source(source: str, what: str = "model.source", *, trust_remote_code: bool = False) -> None:
+def check_model_source(source: str, what: str = "model.source", *, trust_remote_code: bool = False,
+                       chat: bool = True) -> None:
     """Raise UserError if a local model ``source`` is missing, damaged, or would run its own code untrusted
     (embedded names and hub ids pass; transformers itself refuses a hub model's code unless trusted)."""
     if embedded.is_embedded_source(source):
         return
     path = Path(source).expanduser()
     if path.is_dir():
-        problems = model_dir_problems(path, need_weights=True, trust_remote_code=trust_remote_code,
-                                      chat=what != "reward.path")
+        problems = model_dir_problems(path, need_weights=True, trust_remote_code=trust_remote_code, chat=chat)
         if problems:
             raise UserError(*(f"{what} = {source!r}: {p}" for p in problems))
     elif path.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ppo_align import embedded
 from ppo_align.errors import UserError
-from ppo_align.evalsets import load_evalset, shipped_evalsets
+from ppo_align.evalsets import evalset_name, load_evalset, shipped_evalsets
 from ppo_align.files import read_rows
 from ppo_align.models import model_dir_problems
 from ppo_align.recipe.schema import JudgeReward, ModelReward, Recipe, TrainedReward
@@ -102,7 +102,8 @@ def resource_problems(recipe: Recipe) -> list[str]:
     problems += _reward_problems(recipe)
     problems += _evalset_problems(recipe, "eval.sets", recipe.eval.sets)
     if isinstance(recipe.eval.limit, dict):
-        names = [s if s in shipped_evalsets() else Path(s).stem for s in recipe.eval.sets]
+        shipped = shipped_evalsets()
+        names = [evalset_name(s, shipped) for s in recipe.eval.sets]
         problems += [f"eval.limit names {name!r}, which is not in eval.sets ({', '.join(names)}); "
                      "fix: name a set the recipe evaluates (a file by its stem), or drop it" for name in recipe.eval.limit
                      if name not in names]

@@ -94,24 +94,21 @@ def selectivity_plane(results: EvalResults) -> Figure | None:
     """The trade-off plane: change in over-refusal (x) against change in under-refusal (y), reference → each
     checkpoint, per set with both safe and unsafe prompts, with paired 95% intervals on both axes. Selective
     training moves left and stays on or below the dotted +5 line; "refuse less" moves left and up."""
-    sets = [s for s in results.data["evalsets"]
-            if all(k in (_row(results, results.targets[0], s) or {}) and _row(results, results.targets[0], s)[k]["n"]
-                   for k in ("over_refusal", "under_refusal"))]
-    targets = results.targets[1:]
-    if not sets or not targets:
+
+    def has_both(row: dict | None) -> bool:
+        return bool(row) and all(row.get(k) and row[k]["n"] for k in ("over_refusal", "under_refusal"))
+
+    sets = [s for s in results.data["evalsets"] if has_both(_row(results, results.targets[0], s))]
+    steps = {t["name"]: t.get("step") for t in results.data["targets"][1:]}
+    if not sets or not steps:
         return None
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     for evalset in sets:
-        shifts = [(results.shift(t, evalset), next(x["step"] for x in results.data["targets"] if x["name"] == t), t)
-                  for t in targets]
-        xs = [100 * s["over_refusal"]["delta"] for s, _, _ in shifts]
-        ys = [100 * s["under_refusal"]["delta"] for s, _, _ in shifts]
-        xerr = [[100 * (s["over_refusal"]["delta"] - s["over_refusal"]["low"]) for s, _, _ in shifts],
-                [100 * (s["over_refusal"]["high"] - s["over_refusal"]["delta"]) for s, _, _ in shifts]]
-        yerr = [[100 * (s["under_refusal"]["delta"] - s["under_refusal"]["low"]) for s, _, _ in shifts],
-                [100 * (s["under_refusal"]["high"] - s["under_refusal"]["delta"]) for s, _, _ in shifts]]
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, lw=1, capsize=2, label=evalset)
-        for x, y, (_, step, name) in zip(xs, ys, shifts):
+        over = [results.shift(t, evalset)["over_refusal"] for t in steps]
+        under = [results.shift(t, evalset)["under_refusal"] for t in steps]
+        xs, ys = [100 * c["delta"] for c in over], [100 * c["delta"] for c in under]
+        ax.errorbar(xs, ys, xerr=_spans(over), yerr=_spans(under), marker="o", ms=4, lw=1, capsize=2, label=evalset)
+        for x, y, (name, step) in zip(xs, ys, steps.items()):
             ax.annotate(str(step if step is not None else name), (x, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.axhline(0, color="black", lw=0.8)
@@ -243,6 +240,11 @@ def _row(results: EvalResults, target: str, evalset: str, category: str = "all")
         return results.metric(target, evalset, category)
     except KeyError:
         return None
+
+
+def _spans(changes: list[dict]) -> list[list[float]]:
+    """Error-bar lengths below and above each paired change's delta, in points."""
+    return [[100 * (c["delta"] - c["low"]) for c in changes], [100 * (c["high"] - c["delta"]) for c in changes]]
 
 
 def _positions(results: EvalResults) -> tuple[dict[str, float], str]:

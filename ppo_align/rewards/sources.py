@@ -177,7 +177,8 @@ def load_reward_model(recipe, tokenizer):
     )
 
     path = recipe.resolve_path(recipe.reward.path)
-    check_model_source(str(path), "reward.path")  # damaged files, or code it would run (never trusted here)
+    # Damaged files, or code it would run (never trusted here); a classifier scores text the policy's template rendered.
+    check_model_source(str(path), "reward.path", chat=False)
     try:
         rm_tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):

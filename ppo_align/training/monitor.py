@@ -53,10 +53,11 @@ class Check:
 class Monitor:
     def __init__(self, section: MonitorSection, prompts: PromptSet, tokenizer):
         self.section, self.prompts, self.tokenizer = section, prompts, tokenizer
-        self.expected = [str(prompts.lookup.row(ids).metadata.get("expected")) for ids in prompts.input_ids]
-        self.texts = [prompts.lookup.row(ids).text for ids in prompts.input_ids]
+        rows = [prompts.lookup.row(ids) for ids in prompts.input_ids]
+        self.expected = [str(row.metadata.get("expected")) for row in rows]
+        self.texts = [row.text for row in rows]
         self.records = [{"id": row.metadata.get("id"), "expected": expected, "contrast_id": row.metadata.get("contrast_id")}
-                        for row, expected in zip((prompts.lookup.row(ids) for ids in prompts.input_ids), self.expected)]
+                        for row, expected in zip(rows, self.expected)]
 
     def check(self, model, step: int) -> Check:
         was_training = model.training

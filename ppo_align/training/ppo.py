@@ -411,7 +411,7 @@ class PPORun:
         # identical; each process's digest of its trainable weights goes into progress.json so that it is checked.
         from accelerate.utils import gather_object
 
-        digests = gather_object([self.weights_digest()]) if accelerator.num_processes > 1 else [self.weights_digest()]
+        digests = gather_object([self.weights_digest()])  # one process: the list as it is
         if len(set(digests)) > 1:
             log.error("update %d: the processes' trainable weights differ (%s); the saved adapters are the main "
                       "process's", state.global_step, ", ".join(d[:12] for d in digests))
