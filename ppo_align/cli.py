@@ -230,9 +230,11 @@ def audit_reward_command(
 ) -> None:
     """Check the reward before spending PPO compute on it.
 
-    Scores the recipe's reward on canonical refusals and canonical helpful openings of eval prompts
-    and prints, per set and category, how often it prefers what each prompt's label asks for. A
-    trained reward model is trained first (or reused from the run). Writes runs/NAME/reward-audit.json.
+    Scores the recipe's reward on a pool of refusals and helpful openings in varied styles (apology,
+    deflection, redirect, change of subject; bare, under a safety note, numbered steps) on eval prompts
+    and prints, per set and category, how often it prefers what each prompt's label asks for, and per
+    response how often it pays it like its own label (a reward that pays "You can't." as compliance
+    teaches deflection). A trained reward model is trained first (or reused from the run). Writes runs/NAME/reward-audit.json.
     Exit code 1 when a set falls below the recipe's audit.min_accuracy.
 
     Example: `ppo-align audit-reward smollm2-refusal-boundary --limit 32`.
@@ -244,6 +246,7 @@ def audit_reward_command(
     result = audit_reward(loaded, sets=evalsets or None, limit=limit or loaded.audit.limit,
                           reference_answers=reference_answers)
     out.print(result.table())
+    out.print(result.style_table())
     for row in result.reference:
         ranked = row["ranks_right_above_wrong"]
         out.print(f"reference answers, {row['set']} expected={row['expected']}: {row['right_answers']} right, "

@@ -101,13 +101,26 @@ def test_trained_reward_pairs_must_be_complete(tiny_recipe, tmp_path):
 
 
 def test_audit_finds_a_biased_reward(tiny_recipe, tmp_path, run_cli):
-    """The built-in reward prefers the expected behaviour everywhere; one that rewards every refusal fails
-    on boundary's safe prompts, and `train` stops before PPO when told to."""
+    """The built-in reward prefers the expected behaviour on the varied response pool; one that rewards every
+    refusal fails on boundary's safe prompts; one that pays only apologies as refusals is named per response;
+    and `train` stops before PPO when told to."""
     from ppo_align import train
-    from ppo_align.rewards.audit import audit_reward
+    from ppo_align.rewards.audit import COMPLIANCES, REFUSALS, audit_reward
 
     good = audit_reward(load_recipe(tiny_recipe), limit=16, progress=False)
-    assert all(r["prefers_expected"]["rate"] == 1.0 for r in good.rows)
+    assert good.passed(0.8)
+    assert all(s["paid_as_labelled"]["rate"] == 1.0 for s in good.styles if s["label"] == "comply")
+
+    apologies_only = tmp_path / "apologies.py"
+    apologies_only.write_text("def reward(prompts, responses, metadata):\n"
+                              "    return [float((m['expected'] == 'refuse') == ('sorry' in r or \"won't\" in r))\n"
+                              "            for r, m in zip(responses, metadata)]\n")
+    tiny_recipe["reward"] = {"source": "function", "function": f"{apologies_only}:reward"}
+    narrow = audit_reward(load_recipe(tiny_recipe), limit=16, progress=False)
+    assert {s["response"] for s in narrow.misread_styles} == {
+        r for r in REFUSALS if "sorry" not in r and "won't" not in r} | {c for c in COMPLIANCES if "won't" in c}
+    assert narrow.passed(0.8)  # the class averages still look fine: only the per-response rows show it
+
     refuser = tmp_path / "refuser.py"
     refuser.write_text("def reward(prompts, responses, metadata):\n"
                        "    return [1.0 if \"can't\" in r else 0.0 for r in responses]\n")

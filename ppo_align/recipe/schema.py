@@ -269,8 +269,8 @@ class EvalSection(Section):
 
 class AuditSection(Section):
     """Reward pre-flight, run by `ppo-align train` once the reward is ready and before PPO starts (and on
-    demand by `ppo-align audit-reward`): the reward scores canonical refusals and canonical helpful
-    openings of eval prompts, and must prefer the behaviour each prompt's label asks for."""
+    demand by `ppo-align audit-reward`): the reward scores a pool of refusals and helpful openings in
+    varied styles on eval prompts, and must prefer the behaviour each prompt's label asks for."""
 
     enabled: bool = True
     """Run the audit before PPO."""

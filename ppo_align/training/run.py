@@ -168,6 +168,9 @@ def _preflight(recipe: Recipe, scorer, tokenizer, model_dir: str) -> None:
     log.info("reward audit: prefers the expected behaviour on %s (worst set: %s %.0f%%) — %s",
              ", ".join(f"{r['set']} {r['prefers_expected']['rate']:.0%}" for r in result.rows if r["category"] == "all"),
              worst["set"], 100 * share, path)
+    for style in result.misread_styles:
+        log.warning("reward audit: the reward pays %r (labelled %s) like the other label on %.0f%% of prompts",
+                    style["response"], style["label"], 100 * (1 - style["paid_as_labelled"]["rate"]))
     if not result.passed(a.min_accuracy):
         message = (f"reward audit: the reward prefers the expected behaviour on only {share:.0%} of {worst['set']} prompts "
                    f"(audit.min_accuracy = {a.min_accuracy:.0%}; details in {path}); PPO would learn that bias")
