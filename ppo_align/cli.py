@@ -263,6 +263,8 @@ def eval_command(
     runs: Optional[List[Path]] = typer.Argument(None, help="Run directories written by `ppo-align train` (runs/NAME)."),
     model: Optional[str] = typer.Option(None, "--model", help="Evaluate this model (directory, embedded:NAME or hub id) instead of a run."),
     adapters: Optional[List[Path]] = typer.Option(None, "--adapter", help="With --model: a PEFT adapter directory to evaluate on it (repeatable)."),
+    reference_adapter: Optional[Path] = typer.Option(None, "--reference-adapter", help="With --model: the reference is the model with this adapter (e.g. the warm start your adapters were trained from), not the bare model."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="With --model: a system turn before every eval prompt (a run uses its recipe's)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --model: where results.json goes (default ./eval-MODEL)."),
     sets: Optional[List[str]] = typer.Option(None, "--evalset", "-e", help="Eval set name or JSONL/CSV file (repeatable; default: the recipe's eval.sets)."),
     judge: str = typer.Option("learned", "--judge", help="Behaviour judge: learned (default; trained on the project's gold labels, independent of the default reward), rules, a local classifier model directory, or an http(s) URL."),
@@ -284,7 +286,8 @@ def eval_command(
 
     Examples: `ppo-align eval runs/smollm2-refusal-boundary`,
     `ppo-align eval runs/a runs/b --samples 4`,
-    `ppo-align eval --model embedded:smollm2-135m-instruct --adapter my-lora/ --evalset boundary`.
+    `ppo-align eval --model embedded:smollm2-135m-instruct --adapter my-lora/ --evalset boundary`,
+    `ppo-align eval --model ./base --reference-adapter sft-lora/ --adapter ppo-lora/ --system-prompt "Be brief."`.
     """
     from ppo_align import evaluate
     from ppo_align.judges import build_judge
@@ -292,6 +295,7 @@ def eval_command(
     if num_processes > 1:
         raise typer.Exit(processes.relaunch_in_processes(num_processes, sys.argv[1:]))
     results = evaluate(list(runs) if runs else None, model=model, adapters=adapters or (), output=output,
+                       reference_adapter=reference_adapter, system_prompt=system_prompt,
                        sets=sets or None, judge=build_judge(judge, token_env=token_env), full_precision=full_precision, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, samples=samples, seed=seed, limit=limit,
                        progress=sys.stderr.isatty())

@@ -271,6 +271,31 @@ def test_external_model_with_adapters(tiny_run, tiny_model_dir, tmp_path):
         evaluate(model=str(tiny_model_dir), adapters=[tmp_path], output=tmp_path / "out2", sets=[str(mini)], progress=False)
 
 
+def test_external_model_with_a_reference_adapter_and_system_prompt(tiny_run, tiny_model_dir, tmp_path):
+    """--reference-adapter makes the model with that adapter the reference: an identical adapter elsewhere is then
+    0 KL and 0 flips from it, where the bare base is not; --system-prompt reaches the results and the cache key."""
+    import shutil
+
+    mini = _write_set(tmp_path / "mini.jsonl")
+    policy = tiny_run / "checkpoint-2" / "policy"
+    twin = shutil.copytree(policy, tmp_path / "twin" / "policy")
+    bare = evaluate(model=str(tiny_model_dir), adapters=[twin], output=tmp_path / "bare", sets=[str(mini)],
+                    max_new_tokens=6, progress=False)
+    assert bare.metric("policy", "mini")["kl"] > 0
+    anchored = evaluate(model=str(tiny_model_dir), adapters=[twin], reference_adapter=policy, system_prompt="Be brief.",
+                        output=tmp_path / "anchored", sets=[str(mini)], max_new_tokens=6, progress=False)
+    assert anchored.metric("policy", "mini")["kl"] == pytest.approx(0, abs=1e-6)
+    assert anchored.data["system_prompt"] == "Be brief."
+    with pytest.raises(UserError, match="also an --adapter"):
+        evaluate(model=str(tiny_model_dir), adapters=[policy], reference_adapter=policy, output=tmp_path / "x",
+                 sets=[str(mini)], progress=False)
+    with pytest.raises(UserError, match="--reference-adapter .*not a PEFT adapter"):
+        evaluate(model=str(tiny_model_dir), reference_adapter=tmp_path, output=tmp_path / "x", sets=[str(mini)],
+                 progress=False)
+    with pytest.raises(UserError, match="go with --model"):
+        evaluate(tiny_run, system_prompt="Be brief.", progress=False)
+
+
 def test_sampled_decoding_is_seeded_and_gives_p_refuse(tiny_model_dir, tmp_path):
     mini = _write_set(tmp_path / "mini.jsonl")
     runs = [evaluate(model=str(tiny_model_dir), output=tmp_path / f"out{i}", sets=[str(mini)], max_new_tokens=6,

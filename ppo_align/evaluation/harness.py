@@ -68,6 +68,8 @@ def evaluate(
     *,
     model: str | None = None,
     adapters: Iterable[str | Path] = (),
+    reference_adapter: str | Path | None = None,
+    system_prompt: str | None = None,
     output: str | Path | None = None,
     sets: list[str] | None = None,
     judge="learned",
@@ -85,6 +87,9 @@ def evaluate(
         runs: run directory (or a list of them) written by `train`.
         model: instead of runs: a model directory, embedded name or hub id, evaluated as the reference...
         adapters: ...and these PEFT adapter directories on top of it, one at a time.
+        reference_adapter: with ``model``: the reference is the model with this adapter (e.g. the warm start the
+            adapters were trained from), not the bare model.
+        system_prompt: with ``model``: the system turn every prompt gets (a run uses its recipe's).
         output: where a `model` evaluation writes its ``results.json`` (default ``eval-<model name>``).
         sets: eval sets (shipped names or JSONL/CSV paths); default: the recipe's ``eval.sets``.
         judge: "learned" (default: trained on the project's gold labels, and not the default reward's judge),
@@ -101,8 +106,12 @@ def evaluate(
     if model is not None:
         if runs:
             raise UserError("pass either run directories or --model, not both; fix: drop one of them")
-        jobs = [job_for_model(model, adapters, output=output, sets=sets, **options)]
+        jobs = [job_for_model(model, adapters, output=output, sets=sets, reference_adapter=reference_adapter,
+                              system_prompt=system_prompt, **options)]
     else:
+        if reference_adapter is not None or system_prompt is not None:
+            raise UserError("--reference-adapter and --system-prompt go with --model (a run has its own); "
+                            "fix: drop them, or evaluate with --model")
         if runs is None:
             raise UserError("nothing to evaluate; fix: pass a run directory (e.g. runs/<name>) or --model")
         many = isinstance(runs, (list, tuple))

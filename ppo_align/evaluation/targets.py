@@ -115,17 +115,21 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
 
 def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,
                   sets: list[str] | None = None, system_prompt: str | None = None, limit: int | None = None,
-                  **settings) -> EvalJob:
-    """Targets of a model that did not come from a run: the model itself as reference, then each PEFT adapter."""
+                  reference_adapter: str | Path | None = None, **settings) -> EvalJob:
+    """Targets of a model that did not come from a run: the model itself (or it with ``reference_adapter``, e.g.
+    the warm start a policy was trained from) as reference, then each PEFT adapter."""
 
     targets = [Target(REFERENCE, 0, None, "adapters-disabled")]
     paths = list(map(Path, adapters))
+    if reference_adapter is not None:
+        reference_adapter = Path(reference_adapter)
+        _check_adapter(reference_adapter, "--reference-adapter")
+        if reference_adapter.resolve() in {p.resolve() for p in paths}:
+            raise UserError(f"--reference-adapter {reference_adapter} is also an --adapter; "
+                            "fix: compare it with other adapters, not with itself")
+        targets = [Target(REFERENCE, 0, None, adapter_fingerprint(reference_adapter))]
     for path in paths:
-        if not (path / "adapter_config.json").is_file():
-            raise UserError(f"--adapter {path}: not a PEFT adapter directory (no adapter_config.json); "
-                            "fix: pass a directory written by save_pretrained of a PEFT model")
-        if damaged := _damaged_weights(path):
-            raise UserError(f"--adapter {path}: {damaged}; fix: save the adapter again (or restore its files)")
+        _check_adapter(path, "--adapter")
     if len({p.resolve() for p in paths}) != len(paths):
         raise UserError("--adapter: the same adapter is given twice; fix: pass each adapter once")
     for path, name in zip(paths, target_names(paths)):
@@ -133,7 +137,16 @@ def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: s
     out = Path(output) if output else Path("eval-" + Path(source.rstrip("/")).name.replace(":", "-"))
     defaults = EvalSection()
     return EvalJob(out_dir=out, model=ModelSection(source=source), system_prompt=system_prompt, targets=targets,
-                sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit)
+                sets=sets or list(defaults.sets), settings=_settings(defaults, settings), limit=limit,
+                reference_adapter=reference_adapter)
+
+
+def _check_adapter(path: Path, option: str) -> None:
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"{option} {path}: not a PEFT adapter directory (no adapter_config.json); "
+                        "fix: pass a directory written by save_pretrained of a PEFT model")
+    if damaged := _damaged_weights(path):
+        raise UserError(f"{option} {path}: {damaged}; fix: save the adapter again (or restore its files)")
 
 
 def target_names(paths: list[Path]) -> list[str]:
