@@ -32,6 +32,7 @@ __all__ = [
     "load_recipe",
     "shipped_recipes",
     "evaluate",
+    "export",
     "load_results",
     "plan",
     "report",
@@ -54,6 +55,14 @@ def evaluate(runs=None, **options):
     from ppo_align.evaluation.harness import evaluate as _evaluate
 
     return _evaluate(runs, **options)
+
+
+def export(run, **options):
+    """Export a run's checkpoint as a PEFT adapter (or merged model) with a model card; see
+    :func:`ppo_align.exporting.export_run`."""
+    from ppo_align.exporting import export_run
+
+    return export_run(run, **options)
 
 
 def load_results(path):

@@ -336,6 +336,40 @@ def report_command(
     out.print(f"[green]done[/green]: {built.html} (and {built.markdown.name}, plots/)")
 
 
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Run directory written by `ppo-align train` (runs/NAME)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (the last that passed the training-time behaviour rules, else the latest), latest, or an update number."),
+    merge: bool = typer.Option(False, "--merge", help="Merge the adapter into the base loaded in full precision and save the whole model."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the export goes (default runs/NAME/export; an old export there is replaced)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="OWNER/NAME", help="Also upload the export to this hub repository (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
+    token_env: str = typer.Option("HF_TOKEN", "--token-env", metavar="VAR", help="With --push-to-hub: environment variable holding a write token."),
+) -> None:
+    """Export a checkpoint for use elsewhere: a PEFT adapter directory (or, with --merge, a merged model)
+    with a model card.
+
+    The card carries the eval headline (reference → checkpoint, with 95% intervals), the claims, the judge
+    and its measured agreement on gold labels, the reference it was compared with, and the recipe. Evaluate
+    the run first (`ppo-align eval`); a checkpoint the eval has not measured is exported with a card that
+    says so.
+
+    Examples: `ppo-align export runs/smollm2-refusal-boundary`,
+    `ppo-align export runs/NAME --checkpoint 20 --merge -o my-model/`,
+    `ppo-align export runs/NAME --push-to-hub me/smollm2-boundary --private`.
+    """
+    from ppo_align import export
+
+    done = export(run, output=output, checkpoint=checkpoint, merge=merge, push_to_hub=push_to_hub, private=private,
+                  token_env=token_env)
+    if not done.evaluated:
+        err.print(f"[yellow]warning[/yellow]: {done.checkpoint} has no eval results; the model card says it is not "
+                  f"measured (run `ppo-align eval {run}` and export again)", soft_wrap=True)
+    what = "a merged model" if done.merged else "an adapter"
+    out.print(f"[green]exported[/green] {done.checkpoint} as {what}: {done.directory}"
+              + (f" and {done.pushed_to}" if done.pushed_to else ""))
+
+
 @app.command("judge")
 def judge_command(
     file: Optional[Path] = typer.Argument(None, help="JSONL or CSV file with a prompt and a response per row."),

@@ -25,6 +25,7 @@ LAYOUT: dict[str, str] = {
     "checkpoint-<step>/": "policy/, value/, state/ (optimizer, RNG, scheduler.json), progress.json, COMPLETE (last)",
     "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv",
     "report/": "report.md, report.html (self-contained) and plots/",
+    "export/": "from `ppo-align export`: a checkpoint as a PEFT adapter (or merged model) with a model card",
 }
 
 
@@ -53,6 +54,10 @@ class RunDir:
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
 
     @property
     def recipe(self) -> Path:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import tiny_recipe_dict, write_jsonl
@@ -88,11 +89,20 @@ def test_default_output_lives_in_the_run(evaluated_run):
 def test_comparison_of_two_runs(evaluated_run, tmp_path):
     other = tmp_path / "tiny-report-b"
     shutil.copytree(evaluated_run, other, ignore=shutil.ignore_patterns("report"))
+    results_file = other / "eval" / "results.json"
+    data = json.loads(results_file.read_text())
+    for row in data["shifts"]:  # the second run refuses 50 pts more harmful prompts than the first
+        if row["set"] == "refusal":
+            row["refusal"].update(delta=0.5, low=0.4, high=0.6)
+    results_file.write_text(json.dumps(data))
     built = report([evaluated_run, other], output=tmp_path / "cmp")
     md = built.markdown.read_text()
     assert md.startswith("# ppo-align report: tiny-report vs tiny-report")
     assert "## comparison" in md and "## tiny-report: claims, checked" in md
     assert (tmp_path / "cmp" / "plots" / "compare-reward-kl.png").is_file()
+    first = built.runs[0].results.shift(built.runs[0].target, "refusal")["refusal"]["delta"] * 100
+    mean_row = next(line for line in md.splitlines() if line.startswith("| mean [min, max]"))
+    assert f"{(first + 50) / 2:+.1f} [{min(first, 50):+.1f}, {max(first, 50):+.1f}]" in mean_row
 
 
 def test_cli_report_and_bad_input(evaluated_run, tmp_path, run_cli):
@@ -471,3 +481,89 @@ def test_review_sheet_holds_both_sides_of_every_flip(evaluated_run, tmp_path):
     assert (flipped, sampled) == (2, 0)
     assert [(r["target"], r["why"], r["prompt"], r["response"]) for r in rows] == [
         ("reference", "flip", "the prompt", ref["response"]), (target, "flip", "the prompt", now["response"])]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_a_loadable_adapter_with_a_card_of_the_eval(evaluated_run, tmp_path):
+    """The exported directory is a plain PEFT adapter (it loads with PEFT alone, named after the recipe's base),
+    and its card carries the headline with intervals, the claims and the judge's measured agreement."""
+    from peft import AutoPeftModelForCausalLM
+
+    from ppo_align import export
+    from ppo_align.checkpoints import best
+
+    done = export(evaluated_run, output=tmp_path / "out")
+    chosen = best(evaluated_run) or max(evaluated_run.glob("checkpoint-*"))
+    assert done.evaluated and done.checkpoint == chosen.path.name
+    policy = chosen.path / "policy"
+    assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == (policy / "adapter_model.safetensors").read_bytes()
+    recipe = load_recipe(evaluated_run / "recipe.yaml", check_resources=False)
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"] == recipe.model.source
+    AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")  # standalone: base found, adapter applied
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft")
+    assert "## What changed (reference → this checkpoint)" in card and "over-refusal" in card and " [" in card
+    assert "## Claims, checked" in card and "knowledge unchanged" in card
+    assert "agrees with the gold labels on" in card and "## Recipe" in card
+
+    again = export(evaluated_run, output=tmp_path / "out", checkpoint=1)  # replaces the old export whole
+    assert again.checkpoint == "checkpoint-1" and "# tiny-report: checkpoint-1" in (tmp_path / "out" / "README.md").read_text()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_export_merged_model_matches_the_adapter_on_the_full_precision_base(evaluated_run, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ppo_align import export
+
+    done = export(evaluated_run, output=tmp_path / "merged", checkpoint="latest", merge=True)
+    assert done.merged and not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert "library_name: transformers" in (tmp_path / "merged" / "README.md").read_text()
+    recipe = load_recipe(evaluated_run / "recipe.yaml", check_resources=False)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(recipe.model.source),
+                                         str(evaluated_run / done.checkpoint / "policy")).eval()
+    base = AutoModelForCausalLM.from_pretrained(recipe.model.source).eval()
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, unmerged(ids).logits, base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, c, atol=1e-4)  # the adapter is in it
+
+
+def test_export_of_an_unevaluated_run_says_so_and_push_reaches_the_hub_api(evaluated_run, tmp_path, run_cli,
+                                                                          monkeypatch):
+    from ppo_align import export
+
+    run = tmp_path / "tiny-report"
+    shutil.copytree(evaluated_run, run, ignore=shutil.ignore_patterns("eval", "report"))
+
+    class StandIn:  # what HfApi would be asked to do, recorded instead of sent
+        calls: list = []
+
+        def create_repo(self, repo_id, **kwargs):
+            self.calls.append(("create_repo", repo_id, kwargs))
+            return f"https://hub.example/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            self.calls.append(("upload_folder", kwargs["repo_id"], sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
+
+    api = StandIn()
+    done = export(run, push_to_hub="me/tiny", private=True, hub_api=api)
+    assert not done.evaluated and "Not measured" in (run / "export" / "README.md").read_text()
+    assert api.calls[0] == ("create_repo", "me/tiny", {"private": True, "exist_ok": True})
+    assert api.calls[1][:2] == ("upload_folder", "me/tiny") and "adapter_model.safetensors" in api.calls[1][2]
+    assert done.pushed_to == "https://hub.example/me/tiny"
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for args, message in [(["--push-to-hub", "me/tiny"], "no hub token in $HF_TOKEN"),
+                          (["--push-to-hub", "tiny"], "not a repository id"),
+                          (["--checkpoint", "99"], "no complete checkpoint-99"),
+                          (["--checkpoint", "newest"], "not best, latest or an update number")]:
+        code, _, err = run_cli("export", run, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = run_cli("export", run)
+    assert code == 0 and "exported" in out and "has no eval results" in err

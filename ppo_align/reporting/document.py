@@ -49,7 +49,7 @@ def document(runs: list[RunData]) -> tuple[str, list[Section]]:
 
 def _run_sections(run: RunData, prefix: str) -> list[Section]:
     res, target = run.results, run.target
-    overview = Section(f"{prefix}overview", [_overview(run), _headline_table(res, target)])
+    overview = Section(f"{prefix}overview", [_overview(run), headline_table(res, target)])
     claim_rows = [[c.name, c.verdict.upper(), c.evidence] for c in run.claims()]
     verdicts = Section(f"{prefix}claims, checked", [
         "Each claim of the method as a test on this run's eval results (reference → "
@@ -155,7 +155,7 @@ def judge_independence(judge: dict) -> str:
     return ""
 
 
-def _headline_table(results: EvalResults, target: str) -> Table:
+def headline_table(results: EvalResults, target: str) -> Table:
     rows = []
     reference = results.targets[0]
     for evalset in results.data["evalsets"]:
@@ -190,12 +190,46 @@ def _comparison(runs: list[RunData]) -> Section:
         rows.append(cells)
 
     blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest).",
-                    Table(headers, rows)]
+                    Table(headers, rows), *_changes_across(runs)]
     tradeoff = plots.reward_kl_tradeoff({r.name: r.checkpoint_training() for r in runs})
     if tradeoff is not None:
         blocks.append(Figure("compare-reward-kl", plots.to_png(tradeoff),
                              "Reward against KL at each checkpoint, per run: reward is the throttle, KL the brake."))
     return Section("comparison", blocks)
+
+
+# The changes compared across runs (seeds of one recipe, or recipes side by side): (set, metric key, label).
+COMPARED_CHANGES = (
+    ("boundary", "over_refusal", "boundary over-refusal"),
+    ("minimal_pairs", "over_refusal", "minimal pairs over-refusal"),
+    ("minimal_pairs", "under_refusal", "minimal pairs under-refusal"),
+    ("minimal_pairs", "discrimination", "minimal pairs discrimination"),
+    ("refusal", "refusal", "harmful refusal"),
+    ("knowledge", "exact_match", "knowledge EM"),
+)
+
+
+def _changes_across(runs: list[RunData]) -> list:
+    """Each run's paired change (pts, 95% interval) on the sets every run evaluated, and their mean and range:
+    how much of a shift is the recipe and how much the seed."""
+    columns = []
+    for evalset, key, label in COMPARED_CHANGES:
+        changes = []
+        for run in runs:
+            try:
+                changes.append(run.results.shift(run.target, evalset)[key])
+            except KeyError:
+                break
+        if len(changes) == len(runs) and all(changes):
+            columns.append((label, changes))
+    if not columns:
+        return []
+    rows = [[run.name, *(format_delta(changes[i]) for _, changes in columns)] for i, run in enumerate(runs)]
+    deltas = [[100 * c["delta"] for c in changes] for _, changes in columns]
+    rows.append(["mean [min, max]", *(f"{sum(d) / len(d):+.1f} [{min(d):+.1f}, {max(d):+.1f}]" for d in deltas)])
+    return ["Change from each run's reference, pts [95% interval]; the last row spreads the point changes across "
+            "the runs (seeds of one recipe: the seed's share of a shift).",
+            Table(["run", *(label for label, _ in columns)], rows)]
 
 
 def _training_section(runs: list[RunData]) -> Section:

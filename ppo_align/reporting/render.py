@@ -98,12 +98,12 @@ def render_markdown(title: str, sections: list[Section]) -> str:
             if isinstance(block, str):
                 out += [block, ""]
             elif isinstance(block, Table):
-                out += _md_table(block.headers, block.rows) + [""]
+                out += markdown_table(block.headers, block.rows) + [""]
             elif isinstance(block, Figure):
                 out += [f"![{block.caption}]({PLOTS_DIR}/{block.name}.png)", "", f"*{block.caption}*", ""]
             elif isinstance(block, Flips):
                 shown = block.rows[:20]
-                out += _md_table(["set", "direction", "prompt", "reference response", "checkpoint response"],
+                out += markdown_table(["set", "direction", "prompt", "reference response", "checkpoint response"],
                                  [[f["set"], f["direction"], short(f.get("prompt") or f["id"], 70),
                                    short(f["reference_response"]), short(f["response"])]
                                   for f in shown]) + [""]
@@ -112,7 +112,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
     return "\n".join(out)
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
