@@ -1,8 +1,13 @@
-"""PPO memory and checkpoint size: ppo-align's stage vs the same PPO built the way TRL's PPO example does.
+"""PPO memory and checkpoint size: ppo-align's stage vs the same PPO built the ways a TRL user would build it.
 
 ppo-align: one 4-bit base shared by the policy (LoRA) and its reference (the adapter disabled), a 4-bit
-LoRA value model, the reward as a function. TRL's example: a full-precision policy, a separate
-full-precision reference, value model and reward model (a sequence classifier). Same PPOConfig
+LoRA value model, the reward as a function. Three TRL builds beside it:
+- trl-example: TRL's PPO example: a full-precision policy, a separate full-precision reference, value
+  model and reward model (a sequence classifier);
+- trl-lora: TRL's own LoRA mode: `peft_config` on a full-precision policy (the reference is the adapter
+  disabled, as ours), a full-precision value model (TRL trains it whole), the recipe's reward function;
+- trl-lora-4bit: the same with the policy's base loaded in 4-bit NF4.
+Same PPOConfig
 (`ppo_align.ppo.build_config` from the recipe), same prompts, same number of updates; each side runs
 in its own process and reports its peak resident memory (ru_maxrss), its memory after imports and
 after loading the models (where the rest goes), and the size of the checkpoint it writes (TRL's own
@@ -27,6 +32,7 @@ from pathlib import Path
 from bench_common import machine, write_result
 
 GiB = 1024**3
+SIDES = ("ppo-align", "trl-example", "trl-lora", "trl-lora-4bit")
 # Llama shapes with the embedded model's tokenizer; weights are random (memory does not depend on them).
 RANDOM_SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
@@ -97,6 +103,26 @@ def side(name: str, model: str, updates: int, out: Path, overrides: list[str]) -
         after_load = rss_gib()
         PPORun(recipe, out, tokenizer, policy, value, scorer, prompts).train()
         checkpoint = out / f"checkpoint-{updates}"
+    elif name.startswith("trl-lora"):
+        from transformers import BitsAndBytesConfig
+
+        from ppo_align.training.ppo import TRLRewardModule
+
+        quantized = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)} if name.endswith("4bit") else {}
+        policy = AutoModelForCausalLM.from_pretrained(model_dir, **quantized)
+        value = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+        value.config.pad_token_id = policy.config.pad_token_id = tokenizer.pad_token_id
+        scorer = build_scorer(recipe, tokenizer, model_dir=model_dir, progress=False)
+        after_load = rss_gib()
+        args = build_config(recipe, out)
+        args.bf16 = False
+        args.save_strategy, args.save_steps = IntervalStrategy.STEPS, updates
+        PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                   reward_model=TRLRewardModule(scorer, prompts, tokenizer), value_model=value,
+                   peft_config=models.lora_config(recipe.model.lora, "CAUSAL_LM", policy),
+                   train_dataset=prompts.dataset()).train()
+        checkpoint = out / f"checkpoint-{updates}"
     else:
         def classifier():
             m = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
@@ -146,7 +172,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ppo-align-bench-"))
     model = str(random_model(args.random_init, work / f"random-{args.random_init}")) if args.random_init else args.model
     results = {}
-    for name in ("ppo-align", "trl-example"):
+    for name in SIDES:
         limit = int(args.memory_limit_gib * GiB)
         child = subprocess.run(
             [sys.executable, __file__, "--side", name, "--model", model, "--updates", str(args.updates),
@@ -157,21 +183,23 @@ def main() -> None:
         results[name] = json.loads(lines[-1][7:]) if lines else {
             "side": name, "failed": child.returncode, "error": (child.stderr.strip().splitlines() or ["?"])[-1][:300]}
         print(json.dumps(results[name]))
-    ours, theirs = results["ppo-align"], results["trl-example"]
-    ratio = ours["peak_gib"] / theirs["peak_gib"] if "peak_gib" in ours and "peak_gib" in theirs else None
-    size_ratio = (ours["checkpoint_gib"] / theirs["checkpoint_gib"]
-                  if ours.get("checkpoint_gib") and theirs.get("checkpoint_gib") else None)
+    ours = results["ppo-align"]
+    ratios = {name: {
+        "peak_ratio": ours["peak_gib"] / theirs["peak_gib"] if "peak_gib" in ours and "peak_gib" in theirs else None,
+        "checkpoint_size_ratio": ours["checkpoint_gib"] / theirs["checkpoint_gib"]
+        if ours.get("checkpoint_gib") and theirs.get("checkpoint_gib") else None,
+    } for name, theirs in results.items() if name != "ppo-align"}
     result = {"benchmark": "ppo_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.random_init and f"random-init {args.random_init}" or args.model, "updates": args.updates,
               "overrides": args.overrides,
-              "memory_limit_gib": args.memory_limit_gib, "sides": results,
-              "peak_ratio": ratio, "checkpoint_size_ratio": size_ratio,
+              "memory_limit_gib": args.memory_limit_gib, "sides": results, "vs": ratios,
               "plan_error": (ours["plan_estimate_gib"] / ours["peak_gib"] - 1) if ours.get("plan_estimate_gib") else None}
     output = args.output or f"benchmarks/results/ppo_memory{'-' + args.random_init if args.random_init else ''}.json"
     write_result(output, result)
-    print(f"peak RSS: ppo-align {ours.get('peak_gib', float('nan')):.2f} GiB, TRL example "
-          f"{theirs.get('peak_gib', float('nan')):.2f} GiB: ratio {ratio if ratio is None else round(ratio, 2)}; "
-          f"checkpoint size ratio {size_ratio if size_ratio is None else round(size_ratio, 3)}")
+    for name, r in ratios.items():
+        print(f"peak RSS: ppo-align {ours.get('peak_gib', float('nan')):.2f} GiB, {name} "
+              f"{results[name].get('peak_gib', float('nan')):.2f} GiB: ratio {r['peak_ratio'] and round(r['peak_ratio'], 2)}; "
+              f"checkpoint size ratio {r['checkpoint_size_ratio'] and round(r['checkpoint_size_ratio'], 3)}")
 
 
 if __name__ == "__main__":
