@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -189,13 +190,22 @@ def test_last_layers_adapts_and_trains_only_the_top_layers(tiny_recipe, tiny_mod
         models.load_policy(recipe.model, str(tiny_model_dir), tokenizer)
 
 
-def test_bfloat16_compute_on_a_cpu_builds_without_autocast(tiny_recipe, tmp_path):
-    """transformers refuses bf16 autocast without a GPU; on a CPU the 4-bit layers compute in bf16 anyway."""
+def test_bfloat16_compute_on_a_cpu_trains_without_autocast(tiny_recipe, tmp_path):
+    """transformers refuses bf16 autocast without a GPU; on a CPU the 4-bit layers compute in bf16 anyway. A PPO
+    update under that setting must still run and move the LoRA weights (B starts at zero)."""
+    from safetensors.torch import load_file
+
     from ppo_align.training.ppo import build_config
 
     tiny_recipe["model"]["quantization"] = {"compute_dtype": "bfloat16"}
-    config = build_config(load_recipe(tiny_recipe), tmp_path)
-    assert config.bf16 is torch.cuda.is_available()
+    tiny_recipe["ppo"]["total_episodes"] = 4
+    recipe = load_recipe(tiny_recipe)
+    assert build_config(recipe, tmp_path).bf16 is torch.cuda.is_available()
+    result = train(recipe, progress=False)
+    metrics = _read_jsonl(result.dir / "metrics.jsonl")
+    assert len(metrics) == 1 and all(math.isfinite(metrics[0][k]) for k in ("kl", "reward_mean", "policy_loss"))
+    weights = load_file(result.dir / "checkpoint-1" / "policy" / "adapter_model.safetensors")
+    assert all(t.abs().sum() > 0 for name, t in weights.items() if "lora_B" in name)  # every layer learned
 
 
 def test_reward_model_drives_a_step(tiny_recipe, tiny_model_dir, tmp_path):
