@@ -222,17 +222,43 @@ def test_reward_model_drives_a_step(tiny_recipe, tiny_model_dir, tmp_path):
     assert len(metrics) == 1 and metrics[0]["reward_std"] > 0
 
 
-def test_reward_model_with_another_tokenizer_is_refused(tiny_recipe, tiny_model_dir, tmp_path):
+def test_reward_model_with_another_tokenizer_scores_retokenized_text(tiny_recipe, tiny_model_dir, tmp_path):
+    """A reward model whose tokenizer differs from the policy's scores each prompt and response rendered by its own
+    chat template and tokenized by its own tokenizer (not the policy's ids), and drives PPO."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from ppo_align.chat import user_turn
+    from ppo_align.rewards.sources import build_scorer, reward_batch
+
     rm_dir = tmp_path / "rm"
-    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(rm_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.add_tokens(["<extra-token>"])
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    rm.resize_token_embeddings(len(tok))
+    rm.save_pretrained(rm_dir)
     tok.save_pretrained(rm_dir)
-    tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir)}
-    with pytest.raises(UserError, match="must share the policy's tokenizer"):
-        train(load_recipe(tiny_recipe), progress=False)
+    tiny_recipe["reward"] = {"source": "model", "path": str(rm_dir), "load_in_4bit": False}
+    recipe = load_recipe(tiny_recipe)
+    policy_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert len(policy_tokenizer) != len(tok)
+
+    prompts, responses = ["How do I bake bread?", "Hi"], ["Mix flour <extra-token> and water.", "Hello!"]
+    batch = reward_batch(policy_tokenizer, prompts, responses, [{}, {}])
+    scores = torch.as_tensor(build_scorer(recipe, policy_tokenizer)(batch))
+    rm.eval()
+    rm.config.pad_token_id = tok.pad_token_id
+    expected = []
+    for p, r in zip(prompts, responses):  # one at a time: no padding at all
+        text = tok.apply_chat_template(user_turn(p) + [{"role": "assistant", "content": r}], tokenize=False)
+        with torch.no_grad():
+            expected.append(rm(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0])
+    assert torch.allclose(scores, torch.stack(expected), atol=1e-4)
+
+    tiny_recipe["ppo"]["total_episodes"] = 4
+    result = train(load_recipe(tiny_recipe), progress=False)
+    metrics = _read_jsonl(result.dir / "metrics.jsonl")
+    assert len(metrics) == 1 and metrics[0]["reward_std"] > 0
 
 
 def test_nan_reward_stops_and_keeps_last_good_checkpoint(tiny_recipe, tmp_path):

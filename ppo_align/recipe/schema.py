@@ -114,8 +114,9 @@ class ModelReward(RewardShaping):
     source: Literal["model"]
     """An existing sequence-classification model directory scores prompt + response."""
     path: str
-    """A sequence-classification reward model directory (num_labels = 1). It scores the policy's
-    token ids directly, so it must share the policy's tokenizer."""
+    """A sequence-classification reward model directory (num_labels = 1), with its tokenizer. With the
+    policy's tokenizer it scores the rollout's token ids directly; with another, each prompt and response is
+    rendered by its own chat template and re-tokenized."""
     load_in_4bit: bool = True
     """Load the reward model in 4-bit NF4, as the policy."""
 

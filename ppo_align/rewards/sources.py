@@ -108,6 +108,33 @@ def model_scorer(model, pad_token_id: int) -> Scorer:
     return score
 
 
+def text_scorer(model, tokenizer, system_prompt: str | None = None, max_length: int = 2048) -> Scorer:
+    """Score with a sequence-classification reward model whose tokenizer is not the policy's: each (prompt,
+    response) is rendered as a conversation with the reward model's own chat template (plain text when it has
+    none), tokenized with its tokenizer, and the model reads the last token. Long texts lose their start, so the
+    end of the response is always seen."""
+    import torch
+
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+
+    def render(prompt: str, response: str) -> str:
+        if tokenizer.chat_template:
+            turns = user_turn(prompt, system_prompt) + [{"role": "assistant", "content": response}]
+            return tokenizer.apply_chat_template(turns, tokenize=False)
+        return f"{prompt}\n\n{response}"
+
+    def score(batch: RewardBatch):
+        encoded = tokenizer([render(p, r) for p, r in zip(batch.prompts, batch.responses)], padding=True,
+                            truncation=True, max_length=max_length, add_special_tokens=not tokenizer.chat_template,
+                            return_tensors="pt")
+        with torch.no_grad():
+            logits = model(input_ids=encoded["input_ids"].to(model.device),
+                           attention_mask=encoded["attention_mask"].to(model.device)).logits
+        return logits[:, 0].to(batch.input_ids.device)
+
+    return score
+
+
 def reward_judge(recipe) -> Judge | None:
     """The judge whose labels the recipe's reward pays for, or None when the reward uses no judge ppo-align knows
     of (a trained or classifier reward model, a custom function).
@@ -148,7 +175,9 @@ def build_scorer(recipe, tokenizer, *, model_dir: str | None = None, progress: b
         adapter = ensure_reward_model(recipe, model_dir, tokenizer, progress=progress)
         scorer = model_scorer(load_trained_reward_model(recipe, model_dir, tokenizer, adapter), tokenizer.pad_token_id)
     else:
-        scorer = model_scorer(load_reward_model(recipe, tokenizer), tokenizer.pad_token_id)
+        model, own_tokenizer = load_reward_model(recipe, tokenizer)
+        scorer = (model_scorer(model, tokenizer.pad_token_id) if own_tokenizer is None
+                  else text_scorer(model, own_tokenizer, recipe.data.system_prompt))
     return shaped(scorer, normalize=reward.normalize, clip=reward.clip)
 
 
@@ -170,6 +199,8 @@ def shaped(scorer: Scorer, *, normalize: bool, clip: float | None) -> Scorer:
 
 
 def load_reward_model(recipe, tokenizer):
+    """The recipe's reward model, and its own tokenizer when that differs from the policy's (None when they are
+    the same: it then reads the rollout's token ids directly, with no re-tokenizing)."""
     from transformers import (
         AutoConfig,
         AutoModelForSequenceClassification,
@@ -183,17 +214,16 @@ def load_reward_model(recipe, tokenizer):
         rm_tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
         raise UserError(f"reward.path = {recipe.reward.path!r}: has no tokenizer; fix: save the tokenizer next to the reward model") from None
-    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            f"reward.path = {recipe.reward.path!r}: its tokenizer differs from the policy's "
-            f"({len(rm_tokenizer)} vs {len(tokenizer)} tokens); the reward model reads the policy's token ids "
-            "directly, so it must share the policy's tokenizer; fix: train it from the same base model"
-        )
     labels = AutoConfig.from_pretrained(path).num_labels
     if labels != 1:
         raise UserError(f"reward.path = {recipe.reward.path!r}: has {labels} labels; a reward model has 1")
     quant = quantization_config(recipe.model) if recipe.reward.load_in_4bit else None
     # Inference only: no gradient workaround needed, so bitsandbytes may use its fast CPU kernel.
     model = AutoModelForSequenceClassification.from_pretrained(path, quantization_config=quant)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
+    if rm_tokenizer.get_vocab() == tokenizer.get_vocab():
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model.eval(), None
+    if rm_tokenizer.pad_token_id is None:
+        rm_tokenizer.pad_token = rm_tokenizer.eos_token
+    model.config.pad_token_id = rm_tokenizer.pad_token_id
+    return model.eval(), rm_tokenizer
