@@ -267,14 +267,14 @@ def eval_command(
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="With --model: a system turn before every eval prompt (a run uses its recipe's)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --model: where results.json goes (default ./eval-MODEL)."),
     sets: Optional[List[str]] = typer.Option(None, "--evalset", "-e", help="Eval set name or JSONL/CSV file (repeatable; default: the recipe's eval.sets)."),
-    judge: str = typer.Option("learned", "--judge", help="Behaviour judge: learned (default; trained on the project's gold labels, independent of the default reward), rules, a local classifier model directory, or an http(s) URL."),
+    judge: str = typer.Option("learned", "--judge", help="Behaviour judge: learned (default; trained on the project's gold labels, independent of the default reward), rules, a local classifier model directory, an http(s) URL, or chat:MODEL@URL (an LLM behind an OpenAI-compatible endpoint)."),
     samples: Optional[int] = typer.Option(None, "--samples", min=0, help="Sampled responses per prompt besides the greedy one: per-prompt P(refuse)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens generated per response (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of sampled decoding."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="At most this many prompts per set (categories in turn, contrast pairs kept together)."),
     full_precision: bool = typer.Option(False, "--full-precision", help="Load the base unquantized even if training used 4-bit."),
-    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) or chat judge: environment variable holding its bearer token."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Share the (checkpoint, eval set) work among this many processes (GPUs if present, else CPU)."),
 ) -> None:
     """Measure how behaviour shifted: the reference (adapters off) and every checkpoint on the eval sets.
@@ -373,12 +373,12 @@ def export_command(
 @app.command("judge")
 def judge_command(
     file: Optional[Path] = typer.Argument(None, help="JSONL or CSV file with a prompt and a response per row."),
-    judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, or an http(s) URL."),
+    judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, an http(s) URL, or chat:MODEL@URL (an LLM behind an OpenAI-compatible endpoint)."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
     response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
     label_field: str = typer.Option("label", "--label-field", help="Column of gold labels (comply/partial/refuse), used when present."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the rows with an added judge_label column here (JSONL); with --review, where the sheet goes (CSV)."),
-    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) judge: environment variable holding its bearer token."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) or chat judge: environment variable holding its bearer token."),
     review: Optional[Path] = typer.Option(None, "--review", metavar="RUN", help="Instead: write a labelling sheet of this evaluated run's own responses (every flip + a random sample) to label by hand."),
     sample: int = typer.Option(50, "--sample", min=0, help="With --review: how many responses besides the flips."),
 ) -> None:
@@ -394,7 +394,8 @@ def judge_command(
     Examples: `ppo-align judge my-gold.jsonl` (the learned judge against your labels),
     `ppo-align judge outputs.csv --response-field completion -o labeled.jsonl`,
     `ppo-align judge my-gold.jsonl --judge ./my-classifier`,
-    `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`.
+    `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`,
+    `ppo-align judge my-gold.jsonl --judge chat:qwen2.5-7b-instruct@http://localhost:8000/v1`.
     """
     from ppo_align.judges import build_judge
     from ppo_align.judges.agreement import label_file

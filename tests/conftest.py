@@ -166,8 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.seen.append({"body": body, "auth": self.headers.get("Authorization"), "at": time.monotonic()})
-        reply = self.server.script.pop(0) if self.server.script else _good
+        self.server.seen.append({"body": body, "auth": self.headers.get("Authorization"), "at": time.monotonic(),
+                                 "path": self.path})
+        reply = self.server.script.pop(0) if self.server.script else getattr(self.server, "default", _good)
         status, payload, delay, *headers = reply(body)  # optionally a dict of extra headers
         time.sleep(delay)
         try:

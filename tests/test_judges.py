@@ -366,3 +366,80 @@ def test_cli_judge_bad_file_is_one_line(run_cli, tmp_path, content, where):
 def test_cli_judge_help_teaches(run_cli):
     code, out, _ = run_cli("judge", "--help")
     assert code == 0 and "Examples" in out and "--label-field" in out and "--judge" in out
+
+
+# --------------------------------------------------------------------------- an LLM behind chat completions
+
+
+def _chat_reply(text: str, delay: float = 0):
+    return lambda body: (200, json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode(), delay)
+
+
+def _chat_labeller(body):
+    """A stand-in chat model: refuses-or-not from the response text it was shown, in varied spellings."""
+    shown = body["messages"][1]["content"].split("Response:\n", 1)[1]
+    return _chat_reply("Refuse." if "can't" in shown else " comply")(body)
+
+
+def _chat_spec(server, model="judge-llm"):
+    return f"chat:{model}@{server.url.rsplit('/', 1)[0]}/v1"
+
+
+def test_chat_judge_asks_one_label_per_response_with_the_guide(server, monkeypatch):
+    monkeypatch.setenv("TEST_JUDGE_TOKEN", "s3cret-token")
+    server.default = _chat_labeller
+    judge = build_judge(_chat_spec(server), token_env="TEST_JUDGE_TOKEN", concurrency=2)
+    assert isinstance(judge, Judge) and judge.name.startswith("chat:judge-llm@127.0.0.1:")
+    assert judge.label(["q"] * 5, RESPONSES) == ["refuse", "comply", "comply", "refuse", "comply"]
+    assert len(server.seen) == 5 and all(r["path"] == "/v1/chat/completions" for r in server.seen)
+    first = server.seen[0]
+    assert first["auth"] == "Bearer s3cret-token" and first["body"]["model"] == "judge-llm"
+    assert first["body"]["temperature"] == 0 and "deflection" in first["body"]["messages"][0]["content"]
+    assert build_judge(_chat_spec(server) + "#v2").version == "v2"
+    assert build_judge(_chat_spec(server, "other")).version != judge.version  # another model, other labels
+
+
+@pytest.mark.parametrize("reply, match", [
+    (_chat_reply("The response complies with the request."), "is not a label"),
+    (_chat_reply(""), "is not a label"),
+    (lambda body: (200, b'{"labels": ["comply"]}', 0), "not a chat completion"),
+    (lambda body: (401, b"bad key", 0), "HTTP 401"),
+])
+def test_chat_judge_reply_that_is_not_a_label_is_an_error(server, reply, match):
+    server.script = [reply]
+    with pytest.raises(UserError, match=match):
+        build_judge(_chat_spec(server), retries=0).label(["q"], ["a"])
+
+
+def test_chat_judge_retries_runs_concurrently_and_rejects_a_bad_spec(server):
+    server.script = [lambda body: (503, b"busy", 0)]
+    server.default = _chat_labeller
+    assert build_judge(_chat_spec(server), backoff=0.01).label(["q"], ["I can't."]) == ["refuse"]
+    assert len(server.seen) == 2
+    server.default = lambda body: _chat_reply("comply", delay=0.3)(body)
+    start = time.monotonic()
+    assert build_judge(_chat_spec(server), concurrency=8).label(["q"] * 8, ["a"] * 8) == ["comply"] * 8
+    assert time.monotonic() - start < 8 * 0.3 / 2
+    with pytest.raises(UserError, match="not chat:MODEL@URL"):
+        build_judge("chat:some-model")
+
+
+def test_chat_judge_as_reward_and_measured_by_the_judge_command(server, tiny_recipe, tmp_path, run_cli):
+    from ppo_align import load_recipe
+    from ppo_align.rewards.sources import build_scorer, reward_batch
+
+    server.default = _chat_labeller
+    tiny_recipe["reward"] = {"source": "judge", "judge": _chat_spec(server)}
+    recipe = load_recipe(tiny_recipe)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model.source)
+    batch = reward_batch(tokenizer, ["How do I build a bomb?", "How do I bake bread?"], ["I can't.", "Knead it."],
+                         [{"expected": "refuse"}, {"expected": "comply"}])
+    assert [float(x) for x in build_scorer(recipe, tokenizer)(batch)] == [1.0, 1.0]
+
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"prompt": "q", "response": r, "label": lab} for r, lab in
+                                                 [("I can't.", "refuse"), ("Paris.", "comply"), ("Sure.", "refuse")]])
+    code, out, err = run_cli("judge", gold, "--judge", _chat_spec(server))
+    assert code == 0, err
+    assert "agreement 66.7%" in out and "kappa" in out

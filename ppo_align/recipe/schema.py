@@ -142,9 +142,10 @@ class JudgeReward(RewardShaping):
     source: Literal["judge"]
     """A judge labels each response comply / refuse / partial; `payoffs` turns labels into rewards."""
     judge: str = "rules"
-    """Which judge labels responses comply / refuse / partial: "rules" (built in), a local
-    sequence-classification judge directory, or an http(s) URL of a judge service
-    (POST {"prompts", "responses"} → {"labels"}; batched, with timeouts and retries)."""
+    """Which judge labels responses comply / refuse / partial: "rules" (built in), "learned", a local
+    sequence-classification judge directory, an http(s) URL of a judge service
+    (POST {"prompts", "responses"} → {"labels"}; batched, with timeouts and retries), or chat:MODEL@URL,
+    an LLM behind an OpenAI-compatible chat-completions endpoint asked for one label per response."""
     token_env: str | None = None
     """Environment variable holding the judge service's bearer token (the token itself never goes in a recipe)."""
     timeout: float = Field(30.0, gt=0)
