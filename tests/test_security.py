@@ -191,7 +191,7 @@ def test_bitsandbytes_never_imports_hub_kernels_after_ppo_align(tmp_path):
 
 @pytest.mark.slow
 def test_a_local_pipeline_contacts_no_host(tiny_recipe, tmp_path):
-    """Every stage (warm start, reward model training, audit, PPO, eval, report) on a local model, with the
+    """Every stage (warm start, reward model training, audit, PPO, eval, report, export) on a local model, with the
     hub *not* switched off: no connection and no name lookup."""
     demos, pairs = tmp_path / "demos.jsonl", tmp_path / "pairs.jsonl"
     write_jsonl(demos, [{"prompt": p, "response": r} for p, r in
@@ -209,7 +209,7 @@ def test_a_local_pipeline_contacts_no_host(tiny_recipe, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["NETWORK_LOG"] = str(network_log)
     run = tmp_path / "runs" / "tiny"
-    for args in (["train", str(recipe_file)], ["eval", str(run)], ["report", str(run)]):
+    for args in (["train", str(recipe_file)], ["eval", str(run)], ["report", str(run)], ["export", str(run), "--merge"]):
         done = subprocess.run([sys.executable, str(guard), *args], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
     assert not network_log.exists() or network_log.read_text() == ""
