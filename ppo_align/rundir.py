@@ -25,6 +25,7 @@ LAYOUT: dict[str, str] = {
     "checkpoint-<step>/": "policy/, value/, state/ (optimizer, RNG, scheduler.json), progress.json, COMPLETE (last)",
     "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv",
     "report/": "report.md, report.html (self-contained) and plots/",
+    "tensorboard/": "with output.report_to: [tensorboard]: TRL's scalars, monitor rates, samples, eval headline",
     "export/": "from `ppo-align export`: a checkpoint as a PEFT adapter (or merged model) with a model card",
 }
 

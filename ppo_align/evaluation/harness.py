@@ -29,7 +29,7 @@ from ppo_align import inference, models
 from ppo_align.chat import encode_chat
 from ppo_align.errors import UserError
 from ppo_align.evalsets import EvalItem, EvalSet, load_evalset
-from ppo_align.evaluation.results import EvalResults, assemble, save_results
+from ppo_align.evaluation.results import HEADLINE, EvalResults, assemble, save_results
 from ppo_align.evaluation.targets import (
     COMPLIANCE_OPENERS,
     HARNESS_VERSION,
@@ -44,6 +44,7 @@ from ppo_align.files import digest, write_json_atomic
 from ppo_align.inference import score, shared_continuation_logprobs
 from ppo_align.judges import build_judge
 from ppo_align.judges.agreement import agreement, binary, gold_scorecards
+from ppo_align.tracking import Trackers
 from ppo_align.models import check_model_source, model_fingerprint
 from ppo_align.processes import process_state
 from ppo_align.recipe.schema import ModelSection
@@ -193,7 +194,39 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
     if processes.is_main_process:
         save_results(results, job.out_dir)
     processes.wait_for_everyone()
-    return EvalResults(results, job.out_dir / RESULTS)
+    evaluated = EvalResults(results, job.out_dir / RESULTS)
+    if job.report_to and job.run and processes.is_main_process:
+        _send_to_trackers(evaluated, job)
+    return evaluated
+
+
+def _send_to_trackers(results: EvalResults, job: EvalJob) -> None:
+    """Each target's headline rates and changes from the reference at its PPO update, and the headline table
+    of the latest checkpoint, to the run's trackers (``output.report_to``)."""
+    trackers = Trackers(job.report_to, Path(job.run["dir"]), job.run["name"])
+    reference = results.targets[0]
+    try:
+        for target in job.targets:
+            values = {}
+            for evalset in results.data["evalsets"]:
+                metrics = results.metric(target.name, evalset)
+                for key, _, _ in HEADLINE:
+                    if metrics.get(key) and metrics[key]["n"]:
+                        values[f"eval/{evalset}/{key}"] = metrics[key]["rate"]
+                        change = results.shift(target.name, evalset).get(key) if target.name != reference else None
+                        if change:
+                            values[f"eval/{evalset}/{key}_change"] = change["delta"]
+            trackers.scalars(values, target.step or 0)
+        latest = job.targets[-1]
+        rows = []
+        for evalset in results.data["evalsets"]:
+            before, after = results.metric(reference, evalset), results.metric(latest.name, evalset)
+            change = results.shift(latest.name, evalset) if latest.name != reference else {}
+            rows += [[evalset, key, before[key]["rate"], after[key]["rate"], (change.get(key) or {}).get("delta", 0.0)]
+                     for key, _, _ in HEADLINE if (before.get(key) or {}).get("n")]
+        trackers.table("eval/headline", ["set", "metric", reference, latest.name, "change"], rows, latest.step or 0)
+    finally:
+        trackers.close()
 
 
 class _Session:

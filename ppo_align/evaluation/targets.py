@@ -64,6 +64,8 @@ class EvalJob:
     """The adapter that is the reference (a run's warm start); None: the base with adapters disabled."""
     reward_judge: Judge | None = None
     """The judge the run's reward pays for (see :func:`ppo_align.rewards.sources.reward_judge`); None: unknown."""
+    report_to: list[str] = field(default_factory=list)
+    """The run's experiment trackers (``output.report_to``), which also receive the eval headline."""
 
 
 # --------------------------------------------------------------------------- jobs
@@ -110,7 +112,7 @@ def job_for_run(run_dir: str | Path, *, sets: list[str] | None = None, limit: in
                 targets=targets, sets=sets or [recipe.evalset_source(name) for name in recipe.eval.sets],
                 settings=_settings(recipe.eval, settings),
                 limit=limit or recipe.eval.limit, skipped=skipped, run=run, reference_adapter=reference_adapter,
-                reward_judge=reward_judge(recipe))
+                reward_judge=reward_judge(recipe), report_to=list(recipe.output.report_to))
 
 
 def job_for_model(source: str, adapters: Iterable[str | Path] = (), *, output: str | Path | None = None,

@@ -16,6 +16,7 @@ from ppo_align.evalsets import evalset_name, load_evalset, shipped_evalsets
 from ppo_align.files import read_rows
 from ppo_align.models import model_dir_problems
 from ppo_align.recipe.schema import JudgeReward, ModelReward, Recipe, TrainedReward
+from ppo_align.tracking import missing_packages
 
 # --------------------------------------------------------------------------- pass 2 rules
 
@@ -108,6 +109,8 @@ def resource_problems(recipe: Recipe) -> list[str]:
                      "fix: name a set the recipe evaluates (a file by its stem), or drop it" for name in recipe.eval.limit
                      if name not in names]
     problems += _evalset_problems(recipe, "audit.sets", recipe.audit.sets)  # `ppo-align audit-reward` uses them too
+    problems += [f"output.report_to names {name}, which is not installed; fix: pip install {name}, or drop it from "
+                 "output.report_to" for name in missing_packages(recipe.output.report_to)]
     return problems
 
 

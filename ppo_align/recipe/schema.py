@@ -314,7 +314,9 @@ class OutputSection(Section):
     sample_every: int = Field(5, ge=1)
     """Write prompt/response/reward samples to samples.jsonl every this many PPO updates."""
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = []
-    """Extra experiment trackers to log to (off by default; wandb needs network)."""
+    """Experiment trackers (off by default; wandb needs network). They get TRL's PPO scalars, the behaviour
+    monitor's rates at each checkpoint, sampled rollouts as a table, and `ppo-align eval`'s headline per
+    checkpoint; TensorBoard writes into runs/NAME/tensorboard/."""
 
 
 class Recipe(Section):

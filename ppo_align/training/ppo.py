@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 # We pin TRL to the release that has this module and isolate it here; its "experimental" warning
@@ -45,7 +46,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
-from ppo_align import checkpoints, models
+from ppo_align import checkpoints, models, tracking
 from ppo_align.errors import Interrupted, TrainingStopped, UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
@@ -258,6 +259,9 @@ class RunCallback(TrainerCallback):
         if state.global_step % run.recipe.output.sample_every == 0 or state.global_step == 1:
             for record in records[: run.recipe.rollout_batch_size]:
                 run.append_jsonl("samples.jsonl", {"step": state.global_step, **record})
+            run.trackers.table("samples", ["prompt", "response", "reward"],
+                               [[r["prompt"], r["response"], round(r["reward"], 4)]
+                                for r in records[: run.recipe.rollout_batch_size]], state.global_step)
         max_kl = run.recipe.ppo.max_kl
         if max_kl is not None and metrics.get("kl", 0.0) > max_kl:
             raise TrainingStopped(run.stop_message(state.global_step, f"KL {metrics['kl']:.3f} exceeded ppo.max_kl = {max_kl}",
@@ -327,6 +331,10 @@ class PPORun:
         )
         for noisy in (PrinterCallback, ProgressCallback):
             self.trainer.remove_callback(noisy)
+        for callback in self.trainer.callback_handler.callbacks:  # TRL's scalars beside ours, in the run directory
+            if isinstance(callback, TensorBoardCallback):
+                callback.logging_dir = str(tracking.tensorboard_dir(run_dir))
+        self.trackers = tracking.Trackers(recipe.output.report_to if self.is_main else [], run_dir, run_dir.name)
         if isinstance(self.trainer.model, nn.parallel.DistributedDataParallel):
             # TRL 1.12 reads `.policy` off the wrapped model for its reference passes, where under DDP it is
             # an attribute of the inner module. Expose it without registering a submodule: DDP's parameter
@@ -391,6 +399,8 @@ class PPORun:
             return None
         check = self.monitor.check(self.unwrapped.policy, step)
         self.append_jsonl("monitor.jsonl", check.to_dict())
+        self.trackers.scalars({**{f"monitor/refusal_when_expected_{k}": v for k, v in check.refusal.items()},
+                               "monitor/pairs_told_apart": check.discrimination}, step)
         self.last_check = check
         log.info("behaviour check at update %d: %s", step, check.summary())
         return check
@@ -492,6 +502,7 @@ class PPORun:
         finally:
             gc.unfreeze()
             self.trainer.args.num_total_batches = total
+            self.trackers.close()
 
 
 @contextmanager
