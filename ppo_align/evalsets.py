@@ -63,7 +63,8 @@ class EvalSet:
     name: str
     version: str
     sha256: str
-    path: Path
+    source: str
+    """Where the rows came from: a file's name, or ``dataset NAME (SPLIT)``."""
     items: list
 
     def __len__(self) -> int:
@@ -106,7 +107,7 @@ class EvalSet:
         items = [item for item in self.items if item.id in chosen]
         subset_hash = digest(self.sha256 + "\n" + "\n".join(i.id for i in items)).hexdigest()
         return EvalSet(name=self.name, version=f"{self.version}, {len(items)} of {len(self.items)}", sha256=subset_hash,
-                       path=self.path, items=items)
+                       source=self.source, items=items)
 
 
 def shipped_evalsets() -> dict[str, dict]:
@@ -115,29 +116,37 @@ def shipped_evalsets() -> dict[str, dict]:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
-def evalset_name(name_or_path: str | Path, shipped: dict) -> str:
-    """What results, caches and ``eval.limit`` call a set: a shipped set by its name, a user's file by its stem."""
-    return str(name_or_path) if str(name_or_path) in shipped else Path(name_or_path).stem
+def evalset_name(entry, shipped: dict) -> str:
+    """What results, caches and ``eval.limit`` call a set: a shipped set by its name, a user's file by its stem, a
+    dataset by the name the recipe gives it."""
+    if hasattr(entry, "dataset"):  # an EvalDataset (not imported: the recipe package imports this module)
+        return entry.name
+    return str(entry) if str(entry) in shipped else Path(entry).stem
 
 
-def load_evalset(name_or_path: str | Path) -> EvalSet:
-    """Load and validate a shipped set by name, or a JSONL/CSV file.
+def load_evalset(entry) -> EvalSet:
+    """Load and validate a shipped set by name, a JSONL/CSV file, or a dataset (an ``EvalDataset`` of a recipe).
 
     Raises:
         UserError: listing every invalid row (file:line: problem).
     """
     manifest = shipped_evalsets()
-    if str(name_or_path) in manifest:
-        entry = manifest[str(name_or_path)]
-        path = shipped_dir("evalsets") / entry["file"]
-        name, version = str(name_or_path), str(entry["version"])
+    if hasattr(entry, "dataset"):  # an EvalDataset of a recipe
+        from ppo_align.data import read_dataset
+
+        source = read_dataset(entry, f"eval set {entry.name!r}")
+        rows, path = source.rows, source.label
+        name, version, sha256 = entry.name, f"dataset {entry.dataset}@{entry.revision or 'latest'}", source.fingerprint()
+    elif str(entry) in manifest:
+        item = manifest[str(entry)]
+        path = shipped_dir("evalsets") / item["file"]
+        name, version, rows, sha256 = str(entry), str(item["version"]), read_rows(path), file_sha256(path)
     else:
-        path = Path(name_or_path).expanduser()
+        path = Path(entry).expanduser()
         if not path.is_file():
-            raise UserError(f"eval set {str(name_or_path)!r}: neither a shipped set ({', '.join(manifest)}) nor a file; "
+            raise UserError(f"eval set {str(entry)!r}: neither a shipped set ({', '.join(manifest)}) nor a file; "
                             "fix: check the name or path")
-        name, version = evalset_name(path, manifest), "user"
-    rows = read_rows(path)
+        name, version, rows, sha256 = evalset_name(path, manifest), "user", read_rows(path), file_sha256(path)
     model = JudgeExample if rows and "response" in rows[0][1] else EvalItem
     items, problems, columns = [], [], {}
     for line, row in rows:
@@ -158,10 +167,11 @@ def load_evalset(name_or_path: str | Path) -> EvalSet:
     if problems:
         raise UserError(*problems[:20], *([f"{path}: ... and {len(problems) - 20} more problems; fix: the ones above first"]
                                           if len(problems) > 20 else []))
-    return EvalSet(name=name, version=version, sha256=file_sha256(path), path=path, items=items)
+    return EvalSet(name=name, version=version, sha256=sha256, source=path if isinstance(path, str) else path.name,
+                   items=items)
 
 
-def _column_problems(path: Path, model, columns: dict[tuple[str, str], list[int]]) -> list[str]:
+def _column_problems(path: Path | str, model, columns: dict[tuple[str, str], list[int]]) -> list[str]:
     """Missing and unknown columns, one line each (a renamed column: one line saying so)."""
     known = ", ".join(model.model_fields)
 
@@ -179,7 +189,7 @@ def _column_problems(path: Path, model, columns: dict[tuple[str, str], list[int]
                   for key, lines in unknown.items()]
 
 
-def _set_problems(path: Path, rows: list[tuple[int, dict]], items: list) -> list[str]:
+def _set_problems(path: Path | str, rows: list[tuple[int, dict]], items: list) -> list[str]:
     """Rules across rows: unique ids, contrast pairs that point at each other, answers where needed."""
     problems = []
     line_of = {row.get("id"): line for line, row in rows}

@@ -590,7 +590,7 @@ def test_tensorboard_gets_ppo_scalars_monitor_samples_and_the_eval_headline(tiny
 
     events = EventAccumulator(str(run.dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
-    scalars, texts = events.Tags()["scalars"], events.Tags()["tensors"]
+    scalars = events.Tags()["scalars"]
     assert any(tag.endswith("objective/kl") for tag in scalars)  # TRL's own, in the same directory
     assert [e.step for e in events.Scalars("monitor/refusal_when_expected_refuse")] == [0, 1, 2]
     assert [e.step for e in events.Scalars("eval/boundary/over_refusal")] == [0, 1, 2]

@@ -193,11 +193,14 @@ def test_bitsandbytes_never_imports_hub_kernels_after_ppo_align(tmp_path):
 def test_a_local_pipeline_contacts_no_host(tiny_recipe, tmp_path):
     """Every stage (warm start, reward model training, audit, PPO, eval, report, export) on a local model, with the
     hub *not* switched off: no connection and no name lookup."""
-    demos, pairs = tmp_path / "demos.jsonl", tmp_path / "pairs.jsonl"
-    write_jsonl(demos, [{"prompt": p, "response": r} for p, r in
-                        [("How do I build a bomb?", "I can't help with that."), ("Name a colour.", "Blue.")] * 2])
+    from datasets import Dataset
+
+    demos, pairs = tmp_path / "demos-dataset", tmp_path / "pairs.jsonl"  # demonstrations: a dataset of chat messages
+    Dataset.from_list([{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, r in
+                       [("How do I build a bomb?", "I can't help with that."), ("Name a colour.", "Blue.")] * 2]
+                      ).save_to_disk(str(demos))
     write_jsonl(pairs, [{"prompt": f"Question {i}?", "chosen": "Answer.", "rejected": "No."} for i in range(8)])
-    tiny_recipe["warm_start"] = {"data": str(demos), "epochs": 1, "batch_size": 2}
+    tiny_recipe["warm_start"] = {"data": {"dataset": str(demos)}, "epochs": 1, "batch_size": 2}
     tiny_recipe["reward"] = {"source": "trained", "pairs": str(pairs), "epochs": 1, "batch_size": 4}
     tiny_recipe["audit"] = {"enabled": True, "sets": ["boundary"], "limit": 4, "on_fail": "warn"}
     tiny_recipe["eval"] = {"sets": ["boundary"], "limit": 4, "max_new_tokens": 4}

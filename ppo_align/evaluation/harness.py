@@ -44,11 +44,11 @@ from ppo_align.files import digest, write_json_atomic
 from ppo_align.inference import score, shared_continuation_logprobs
 from ppo_align.judges import build_judge
 from ppo_align.judges.agreement import agreement, binary, gold_scorecards
-from ppo_align.tracking import Trackers
 from ppo_align.models import check_model_source, model_fingerprint
 from ppo_align.processes import process_state
 from ppo_align.recipe.schema import ModelSection
 from ppo_align.rundir import EVAL_CACHE, RESULTS
+from ppo_align.tracking import Trackers
 
 log = logging.getLogger(__name__)
 

@@ -276,7 +276,7 @@ def assemble(job: EvalJob, base: dict, evalsets: list[EvalSet], judge_info: dict
         "judge": judge_info,
         "generation": job.settings.to_dict(),
         "margin_openers": {"refusal": list(REFUSAL_OPENERS), "compliance": list(COMPLIANCE_OPENERS)},
-        "evalsets": {s.name: {"version": s.version, "sha256": s.sha256, "n": len(s), "source": str(s.path.name)}
+        "evalsets": {s.name: {"version": s.version, "sha256": s.sha256, "n": len(s), "source": s.source}
                      for s in evalsets},
         "limit": job.limit,
         "targets": [t.to_dict() for t in job.targets],

@@ -64,8 +64,9 @@ def _row(key: tuple, why: str, prompt: str, response: str) -> dict:
 def _prompts(run_dir: Path, evaluated: dict) -> dict[tuple[str, str], str]:
     """(set, id) -> prompt, from the eval sets the run's recipe names (records keep ids, not prompts)."""
     found = {}
-    for source in load_recipe(RunDir(run_dir).recipe, check_resources=False).eval.sets:
-        evalset = load_evalset(source)
+    recipe = load_recipe(RunDir(run_dir).recipe, check_resources=False)
+    for entry in recipe.eval.sets:
+        evalset = load_evalset(recipe.evalset_source(entry))
         if evalset.name in evaluated:
             found.update({(evalset.name, item.id): item.prompt for item in evalset.items})
     return found

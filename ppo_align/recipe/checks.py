@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from ppo_align import embedded
+from ppo_align.data import read_data
 from ppo_align.errors import UserError
 from ppo_align.evalsets import evalset_name, load_evalset, shipped_evalsets
-from ppo_align.files import read_rows
 from ppo_align.models import model_dir_problems
 from ppo_align.recipe.schema import JudgeReward, ModelReward, Recipe, TrainedReward
 from ppo_align.tracking import missing_packages
@@ -114,36 +114,31 @@ def resource_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def _data_file_problems(recipe: Recipe, key: str, value: str, columns: dict[str, str | None], *,
+def _data_file_problems(recipe: Recipe, key: str, value, columns: dict[str, str | None], *,
                         every_row: bool = True) -> list[str]:
-    """A JSONL/CSV data file the recipe names: it exists, reads as rows, and has text in the columns it needs.
+    """A data file or dataset the recipe names: it reads as rows, and has text in the columns it needs.
 
     ``columns`` maps each needed column to the recipe key that names it (None: a fixed name). With ``every_row``
     each row needs them (training would stop on the first that lacks one); otherwise some row must (training skips
     the empty ones).
     """
 
-    path = recipe.resolve_path(value)
-    where = f"{key} = {value!r}"
-    if not path.is_file():
-        return [f"{where}: no such file ({path}); fix: check the path (relative to the recipe file)"]
-    if path.suffix.lower() not in {".jsonl", ".json", ".csv"}:
-        return [f"{where}: expected a .jsonl, .json or .csv file; fix: convert it to JSONL (one JSON object per line) "
-                "or CSV"]
+    where = f"{key} = {value!r}" if isinstance(value, str) else key
     try:
-        rows = read_rows(path)
+        source = read_data(recipe, value, key)
     except UserError as exc:
-        return [f"{where}: {exc.problems[0]}"]
-    problems = []
+        problem = exc.problems[0]
+        return [problem if problem.startswith(key) else f"{where}: {problem}"]
+    rows, problems = source.rows, []
     for column, names_it in columns.items():
         lacking = [line for line, row in rows if not (isinstance(row.get(column), str) and row[column].strip())]
         if len(lacking) == len(rows):
             found = sorted({k for _, row in rows for k in row})
-            problems.append(f"{where}: no row has a text {column!r} column ({path.name}:{lacking[0]}"
+            problems.append(f"{where}: no row has a text {column!r} column ({source.at(lacking[0])}"
                             f"{' and every other row' if len(lacking) > 1 else ''}; columns: {', '.join(found)}); "
                             f"fix: name the column {column!r}" + (f", or set {names_it}" if names_it else ""))
         elif lacking and every_row:
-            shown = ", ".join(f"{path.name}:{n}" for n in lacking[:3])
+            shown = ", ".join(source.at(n) for n in lacking[:3])
             shown += f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
             problems.append(f"{where}: {len(lacking)} rows lack a text {column!r} ({shown}); "
                             "fix: fill them in or remove them")
@@ -155,18 +150,19 @@ def _evalset_problems(recipe: Recipe, key: str, names: list[str]) -> list[str]:
 
     shipped = shipped_evalsets()
     problems = []
-    for i, name in enumerate(names):
-        if name in shipped:
+    for i, entry in enumerate(names):
+        if isinstance(entry, str) and entry in shipped:
             continue
-        path = Path(recipe.evalset_source(name))
-        if not path.is_file():
-            problems.append(f"{key}[{i}] = {name!r}: neither a shipped set ({', '.join(shipped)}) nor a file; "
+        source = recipe.evalset_source(entry)
+        where = f"{key}[{i}] = {entry!r}" if isinstance(entry, str) else f"{key}[{i}] ({entry.name})"
+        if isinstance(source, str) and not Path(source).is_file():
+            problems.append(f"{where}: neither a shipped set ({', '.join(shipped)}) nor a file; "
                             "fix: check the name or path")
             continue
         try:
-            load_evalset(path)
+            load_evalset(source)
         except UserError as exc:
-            problems += [f"{key}[{i}] = {name!r}: {p}" for p in exc.problems]
+            problems += [f"{where}: {p}" for p in exc.problems]
     return problems
 
 

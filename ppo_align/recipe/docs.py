@@ -35,14 +35,24 @@ def render_recipe_reference() -> str:
 def _block(title: str, prefix: str, model: type[BaseModel], docs: list[str], level: int) -> list[str]:
     """Heading, prose, a table of the model's plain keys, then a sub-block per nested model."""
     lines = ["#" * level + " " + title, ""] + [d + "\n" for d in docs if d]
-    plain = {n: f for n, f in model.model_fields.items() if not _models(f.annotation)}
+    # A key that takes a value or a mapping (a file path or a dataset) gets a row and a block of its own.
+    plain = {n: f for n, f in model.model_fields.items() if not _models(f.annotation) or _takes_a_value(f.annotation)}
     if plain:
         lines += ["| key | type | default | valid range | meaning |", "|---|---|---|---|---|"]
         lines += [_row(_key(prefix, n), f) for n, f in plain.items()] + [""]
     for name, field in model.model_fields.items():
         if name not in plain:
             lines += _nested(_key(prefix, name), field, level + 1)
+        elif _models(field.annotation):
+            member = _models(field.annotation)[0]
+            lines += _block(f"{_key(prefix, name)} (as a {member.__name__})", _key(prefix, name), member, [_doc(member)],
+                            level + 1)
     return lines
+
+
+def _takes_a_value(tp: Any) -> bool:
+    """Whether a union that holds a section also holds a plain value (not only None)."""
+    return any(a is not type(None) and not (isinstance(a, type) and issubclass(a, BaseModel)) for a in get_args(tp))
 
 
 def _nested(key: str, field: FieldInfo, level: int) -> list[str]:

@@ -68,13 +68,44 @@ class ReferenceSection(Section):
     `warm_start` section, else "disabled-adapter"."""
 
 
+class DatasetSource(Section):
+    """A Hugging Face dataset instead of a file: a hub id, a directory written by `save_to_disk`, or a parquet
+    file. Rows in conversational form (a `messages` list, or `prompt` / `chosen` / `rejected` as message lists)
+    are read as text: the prompt is the last user message, a response the last assistant message."""
+
+    dataset: str
+    """Hub id (`org/name`), or a local path relative to the recipe file (a `save_to_disk` directory, a
+    `.parquet` file)."""
+    config: str | None = None
+    """The dataset's configuration (subset) name, if it has several."""
+    split: str = "train"
+    """Which split to read."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to read; pin one for reproducible runs."""
+    columns: dict[str, str] = {}
+    """Column mapping, this tool's name to the dataset's, e.g. `{prompt: question}`."""
+
+
+DataFile = str | DatasetSource
+"""A data file (JSONL, JSON or CSV, relative to the recipe file) or a Hugging Face dataset."""
+
+
+class EvalDataset(DatasetSource):
+    """An eval set from a Hugging Face dataset, with an eval set file's columns (id, prompt, expected, category,
+    ...; see evalsets/DATASHEET.md), mapped by `columns` where the dataset names them otherwise."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """What results, reports and `eval.limit` call the set."""
+
+
 class WarmStartSection(Section):
     """Supervised warm start: QLoRA SFT (TRL's SFTTrainer) on demonstrations, on the same 4-bit base
     and with the same LoRA shape as the policy. Its adapter becomes PPO's reference and starting policy.
     PPO can only re-weight behaviours a model already produces; the warm start gives it some."""
 
-    data: str
-    """Demonstrations: a JSONL or CSV file (relative to the recipe file) with a prompt and a response per row."""
+    data: DataFile
+    """Demonstrations: a JSONL or CSV file (relative to the recipe file) or a dataset, with a prompt and a
+    response per row."""
     prompt_field: str = "prompt"
     """Column holding the user message (the chat template and data.system_prompt are applied, as in PPO)."""
     response_field: str = "response"
@@ -162,8 +193,9 @@ class JudgeReward(RewardShaping):
 class TrainedReward(RewardShaping):
     source: Literal["trained"]
     """A reward model trained in the pipeline (TRL RewardTrainer) on preference pairs, then scores."""
-    pairs: str
-    """Preference pairs: a JSONL or CSV file (relative to the recipe) with prompt, chosen and rejected columns.
+    pairs: DataFile
+    """Preference pairs: a JSONL or CSV file (relative to the recipe) or a dataset, with prompt, chosen and
+    rejected columns.
     The reward model (4-bit base + LoRA + a scalar head, TRL's RewardTrainer) is trained on them before PPO,
     cached in the run directory, and shares the policy's tokenizer by construction."""
     epochs: float = Field(2.0, gt=0)
@@ -241,8 +273,8 @@ class PPOSection(Section):
 
 
 class DataSection(Section):
-    prompts: str
-    """Training prompts: a JSONL or CSV file (relative to the recipe file) with one prompt per row."""
+    prompts: DataFile
+    """Training prompts: a JSONL or CSV file (relative to the recipe file) or a dataset, one prompt per row."""
     prompt_field: str = "prompt"
     """Column holding the prompt text (a user message; the chat template is applied)."""
     max_prompt_length: int = Field(128, ge=1)
@@ -255,8 +287,9 @@ class DataSection(Section):
 
 
 class EvalSection(Section):
-    sets: list[str] = ["refusal", "boundary", "knowledge", "benign"]
-    """Eval sets run by `ppo-align eval`: names of shipped sets or paths to JSONL/CSV files."""
+    sets: list[str | EvalDataset] = ["refusal", "boundary", "knowledge", "benign"]
+    """Eval sets run by `ppo-align eval`: names of shipped sets, paths to JSONL/CSV files, or datasets
+    (`{name: ..., dataset: ...}`)."""
     max_new_tokens: int = Field(64, ge=1)
     """Tokens generated per eval response."""
     batch_size: int = Field(64, ge=1)
@@ -276,8 +309,8 @@ class AuditSection(Section):
 
     enabled: bool = True
     """Run the audit before PPO."""
-    sets: list[str] = ["boundary", "refusal"]
-    """Eval sets whose refuse/comply prompts the audit uses (shipped names or JSONL/CSV paths)."""
+    sets: list[str | EvalDataset] = ["boundary", "refusal"]
+    """Eval sets whose refuse/comply prompts the audit uses (shipped names, JSONL/CSV paths or datasets)."""
     limit: int | None = Field(64, ge=2)
     """At most this many prompts per set (categories in turn, contrast pairs kept)."""
     min_accuracy: float = Field(0.8, ge=0, le=1)
@@ -381,21 +414,33 @@ class Recipe(Section):
             path = Path(value).expanduser()
             return value if path.is_absolute() else os.path.relpath(self._base_dir / path, Path(relative_to).resolve())
 
+        def rebase_dataset(source: dict) -> dict:
+            if self.resolve_path(source["dataset"]).exists():  # a local dataset, not a hub id
+                source["dataset"] = rebase(source["dataset"])
+            return source
+
         shipped = shipped_evalsets()
         for section, key in (("data", "prompts"), ("warm_start", "data"), ("reward", "pairs"), ("reward", "path")):
-            if isinstance(data.get(section), dict) and isinstance(data[section].get(key), str):
-                data[section][key] = rebase(data[section][key])
+            value = data[section].get(key) if isinstance(data.get(section), dict) else None
+            if isinstance(value, str):
+                data[section][key] = rebase(value)
+            elif isinstance(value, dict):
+                rebase_dataset(value)
         function = (data["reward"].get("function") or "") if isinstance(data.get("reward"), dict) else ""
         module, sep, attr = function.rpartition(":")
         if sep and module.endswith(".py"):
             data["reward"]["function"] = f"{rebase(module)}:{attr}"
         for section in ("eval", "audit"):
-            data[section]["sets"] = [name if name in shipped else rebase(name) for name in data[section]["sets"]]
+            data[section]["sets"] = [rebase_dataset(entry) if isinstance(entry, dict) else
+                                     entry if entry in shipped else rebase(entry) for entry in data[section]["sets"]]
         return data
 
-    def evalset_source(self, name: str) -> str:
-        """An eval set the recipe names, as `load_evalset` takes it: a shipped name as it is, a file resolved
-        against the recipe file (the one rule for every path in a recipe)."""
+    def evalset_source(self, entry: "str | EvalDataset") -> "str | EvalDataset":
+        """An eval set the recipe names, as `load_evalset` takes it: a shipped name as it is, a file (or a local
+        dataset) resolved against the recipe file (the one rule for every path in a recipe)."""
         from ppo_align.evalsets import shipped_evalsets
 
-        return name if name in shipped_evalsets() else str(self.resolve_path(name))
+        if isinstance(entry, EvalDataset):
+            local = self.resolve_path(entry.dataset)
+            return entry.model_copy(update={"dataset": str(local)}) if local.exists() else entry
+        return entry if entry in shipped_evalsets() else str(self.resolve_path(entry))

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from ppo_align import models
 from ppo_align.chat import encode_chat, left_pad, user_turn
+from ppo_align.data import read_data
 from ppo_align.errors import UserError
-from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rundir import ADAPTER, RunDir
-from ppo_align.training.stages import cached_stage, file_hash, quiet_logs, trainer_args
+from ppo_align.training.stages import cached_stage, quiet_logs, stage_key, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 def cache_key(recipe: Recipe) -> str:
     reward = recipe.reward
-    return file_hash(reward.model_dump(mode="json", exclude={"pairs", "normalize", "clip"}),
+    return stage_key(reward.model_dump(mode="json", exclude={"pairs", "normalize", "clip"}),
                      recipe.model.model_dump(mode="json"), models.model_fingerprint(recipe.model.source, recipe.model.revision),
-                     recipe.data.system_prompt, recipe.ppo.seed, files=(recipe.resolve_path(reward.pairs),))
+                     recipe.data.system_prompt, recipe.ppo.seed, read_data(recipe, reward.pairs, "reward.pairs").fingerprint())
 
 
 def ensure_reward_model(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
@@ -48,9 +48,9 @@ def ensure_reward_model(recipe: Recipe, model_dir: str, tokenizer, *, progress: 
 def preference_pairs(recipe: Recipe, tokenizer) -> tuple[list[dict], list[dict], int]:
     """(training pairs, held-out pairs, dropped as too long), as chosen_ids / rejected_ids token lists."""
     reward = recipe.reward
-    path = recipe.resolve_path(reward.pairs)
+    source = read_data(recipe, reward.pairs, "reward.pairs")
     pairs, dropped, bad = [], 0, []
-    for line, row in read_rows(path):
+    for line, row in source.rows:
         texts = [row.get(k) for k in ("prompt", "chosen", "rejected")]
         if not all(isinstance(t, str) and t.strip() for t in texts):
             bad.append(line)
@@ -63,7 +63,7 @@ def preference_pairs(recipe: Recipe, tokenizer) -> tuple[list[dict], list[dict],
             continue
         pairs.append({"chosen_ids": chosen, "rejected_ids": rejected})
     if bad:
-        shown = ", ".join(f"{path.name}:{n}" for n in bad[:5])
+        shown = ", ".join(source.at(n) for n in bad[:5])
         raise UserError(f"reward.pairs: {len(bad)} rows lack a text prompt, chosen or rejected ({shown}); fix: fill them in")
     if dropped:
         log.warning("reward model: dropped %d pairs longer than reward.max_length = %d tokens", dropped, reward.max_length)

@@ -1,4 +1,4 @@
-"""Training prompts: load a JSONL/CSV file, apply the chat template, tokenize, and
+"""Training prompts: load a data file or dataset, apply the chat template, tokenize, and
 remember which token ids belong to which row so rewards can see its metadata."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 
 from ppo_align.chat import encode_chat, user_turn
+from ppo_align.data import read_data
 from ppo_align.errors import UserError
-from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,13 @@ class PromptSet:
 
 def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
     """Read ``data.prompts``, render each prompt with the chat template, and tokenize it."""
-    # Our own reader, not datasets.load_dataset: that one pings a download counter on S3 for every
-    # local file unless the hub is switched off, and its errors name no line.
-
     data = recipe.data
-    path = recipe.resolve_path(data.prompts)
-    table = [row for _, row in read_rows(path)]
+    source = read_data(recipe, data.prompts, "data.prompts")
+    table = [row for _, row in source.rows]
     columns = sorted({key for row in table for key in row})
     if data.prompt_field not in columns:
         raise UserError(
-            f"data.prompt_field = {data.prompt_field!r}: {path.name} has no such column "
+            f"data.prompt_field = {data.prompt_field!r}: {source.label} has no such column "
             f"(columns: {', '.join(columns)}); fix: set data.prompt_field"
         )
     ids, rows, seen, dropped = [], [], set(), 0
@@ -130,6 +127,6 @@ def load_prompts(recipe: Recipe, tokenizer) -> PromptSet:
     if len(ids) < 1:
         raise UserError(f"data.prompts = {data.prompts!r}: no usable prompts; fix: check the file and data.max_prompt_length")
     if data.balance_by is not None and data.balance_by not in columns:
-        raise UserError(f"data.balance_by = {data.balance_by!r}: {path.name} has no such column "
+        raise UserError(f"data.balance_by = {data.balance_by!r}: {source.label} has no such column "
                         f"(columns: {', '.join(columns)}); fix: name one of them or drop the key")
     return PromptSet(input_ids=ids, lookup=PromptLookup(ids, rows), dropped_too_long=dropped)

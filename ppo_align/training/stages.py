@@ -52,9 +52,9 @@ def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     return stage
 
 
-def file_hash(*parts: object, files: tuple[Path, ...] = ()) -> str:
-    """sha256 over JSON-able ``parts`` and the bytes of ``files``."""
-    return digest(json.dumps(parts, sort_keys=True, default=str), files=files).hexdigest()
+def stage_key(*parts: object) -> str:
+    """sha256 over JSON-able ``parts`` (settings, model fingerprint, the data's content fingerprint)."""
+    return digest(json.dumps(parts, sort_keys=True, default=str)).hexdigest()
 
 
 def quiet_logs(trainer) -> None:

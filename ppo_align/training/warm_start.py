@@ -24,11 +24,11 @@ from pathlib import Path
 
 from ppo_align import models
 from ppo_align.chat import encode_chat, user_turn
+from ppo_align.data import read_data
 from ppo_align.errors import UserError
-from ppo_align.files import read_rows
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rundir import ADAPTER, RunDir
-from ppo_align.training.stages import cached_stage, file_hash, quiet_logs, trainer_args
+from ppo_align.training.stages import cached_stage, quiet_logs, stage_key, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 def cache_key(recipe: Recipe) -> str:
     """Hash of every input that shapes the warm-start adapter."""
     ws = recipe.warm_start
-    return file_hash(ws.model_dump(mode="json", exclude={"data"}), recipe.model.model_dump(mode="json"),
+    return stage_key(ws.model_dump(mode="json", exclude={"data"}), recipe.model.model_dump(mode="json"),
                      models.model_fingerprint(recipe.model.source, recipe.model.revision), recipe.data.system_prompt, recipe.ppo.seed,
-                     files=(recipe.resolve_path(ws.data),))
+                     read_data(recipe, ws.data, "warm_start.data").fingerprint())
 
 
 def ensure_warm_start(recipe: Recipe, model_dir: str, tokenizer, *, progress: bool = True) -> Path:
@@ -59,9 +59,9 @@ def demonstrations(recipe: Recipe, tokenizer):
     from datasets import Dataset
 
     ws = recipe.warm_start
-    path = recipe.resolve_path(ws.data)
+    source = read_data(recipe, ws.data, "warm_start.data")
     rows, dropped, problems = [], 0, []
-    for line, row in read_rows(path):
+    for line, row in source.rows:
         prompt, response = row.get(ws.prompt_field), row.get(ws.response_field)
         if not isinstance(prompt, str) or not prompt.strip() or not isinstance(response, str) or not response.strip():
             problems.append(line)
@@ -74,7 +74,7 @@ def demonstrations(recipe: Recipe, tokenizer):
         rows.append({"input_ids": prompt_ids + response_ids,
                      "completion_mask": [0] * len(prompt_ids) + [1] * len(response_ids)})
     if problems:
-        shown = ", ".join(f"{path.name}:{n}" for n in problems[:5])
+        shown = ", ".join(source.at(n) for n in problems[:5])
         raise UserError(f"warm_start.data: {len(problems)} rows lack a text {ws.prompt_field!r} or {ws.response_field!r} "
                         f"({shown}); fix: fill them in, or set warm_start.prompt_field / response_field")
     if dropped:
