@@ -71,6 +71,9 @@ def export_run(run_dir: str | Path, output: str | Path | None = None, *, checkpo
     ckpt, why = _choose(run_dir, checkpoint)
     recipe = load_recipe(RunDir(run_dir).recipe, check_resources=False)
     out = Path(output) if output is not None else RunDir(run_dir).export
+    if out.exists() and not _replaceable(out):
+        raise UserError(f"--output {out}: exists and is not an earlier export (no ppo-align model card in it); fix: "
+                        "choose a new directory, or remove that one yourself")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
@@ -82,12 +85,14 @@ def export_run(run_dir: str | Path, output: str | Path | None = None, *, checkpo
                 if file.is_file():
                     shutil.copy2(file, work / file.name)
             _point_at_base(work / "adapter_config.json", recipe.model.source)
-            model_dir = models.resolve_model_dir(recipe.model.source)
-            models.load_tokenizer(recipe.model, model_dir, for_training=False).save_pretrained(work)
+            # The tokenizer as the policy was trained with it (the recipe's pad token included).
+            models.load_tokenizer(recipe.model, models.resolve_model_dir(recipe.model.source)).save_pretrained(work)
         evaluated = _write_card(work / CARD, run_dir, recipe, ckpt.path.name, why, merge)
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)  # the previous export stays whole until the new one is in place
         work.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -95,6 +100,14 @@ def export_run(run_dir: str | Path, output: str | Path | None = None, *, checkpo
     if push_to_hub is not None:
         result.pushed_to = _push(out, push_to_hub, private, token, hub_api, run_dir.name)
     return result
+
+
+def _replaceable(directory: Path) -> bool:
+    """An empty directory, or one an earlier export wrote (its card names this tool)."""
+    if not directory.is_dir():
+        return False
+    card = directory / CARD
+    return not any(directory.iterdir()) or (card.is_file() and "ppo-align" in card.read_text(encoding="utf-8")[:500])
 
 
 def _choose(run_dir: Path, which: str | int) -> tuple[checkpoints.Checkpoint, str]:
@@ -139,8 +152,10 @@ def _merge(recipe, adapter: Path, out: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(model_dir, revision=recipe.model.revision, dtype=torch.float32,
                                                 trust_remote_code=recipe.model.trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)  # as the policy was trained with it
+    merged.config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(out)
-    models.load_tokenizer(recipe.model, model_dir, for_training=False).save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _base_description(source: str) -> str:

@@ -567,6 +567,10 @@ def test_export_of_an_unevaluated_run_says_so_and_push_reaches_the_hub_api(evalu
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     code, out, err = run_cli("export", run)
     assert code == 0 and "exported" in out and "has no eval results" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = run_cli("export", run, "-o", tmp_path / "mine")  # never replaces a directory it did not write
+    assert code == 2 and "is not an earlier export" in err and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 # --------------------------------------------------------------------------- trackers
