@@ -486,3 +486,9 @@ def test_paths_resolve_against_the_recipe_file_and_the_saved_copy_validates(tiny
     assert Path(job.sets[0]).resolve() == (recipes / "mine.jsonl").resolve() and job.sets[1] == "refusal"
     # Training again with the same recipe is the same run, not "a different recipe".
     assert train(load_recipe(recipes / "tiny.yaml"), progress=False).dir == result.dir
+
+
+def test_trl_start_banner_is_not_printed(tiny_recipe, capsys):
+    tiny_recipe["ppo"]["total_episodes"] = 4
+    train(load_recipe(tiny_recipe), progress=False)
+    assert "===training policy===" not in capsys.readouterr().out

@@ -331,6 +331,9 @@ class PPORun:
         )
         for noisy in (PrinterCallback, ProgressCallback):
             self.trainer.remove_callback(noisy)
+        # TRL's PPO prints one thing through the accelerator, "===training policy===" at every start; the progress
+        # bar already says so.
+        self.trainer.accelerator.print = lambda *args, **kwargs: None
         for callback in self.trainer.callback_handler.callbacks:  # TRL's scalars beside ours, in the run directory
             if isinstance(callback, TensorBoardCallback):
                 callback.logging_dir = str(tracking.tensorboard_dir(run_dir))
