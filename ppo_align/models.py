@@ -365,6 +365,10 @@ def _content_hash(file: Path) -> str:
     except (OSError, ValueError):
         memo = {}
     if key not in memo:
+        # Stays as small as the set of weight files that exist: older versions of this file and entries of deleted
+        # files go when a new entry is written.
+        memo = {k: v for k, v in memo.items()
+                if k.rsplit("|", 2)[0] != key.rsplit("|", 2)[0] and Path(k.rsplit("|", 2)[0]).exists()}
         memo[key] = digest(files=[file]).hexdigest()
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)

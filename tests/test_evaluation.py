@@ -436,6 +436,19 @@ def test_model_fingerprint_follows_weight_content_and_hub_commit(tmp_path, monke
     weights.write_bytes(b"\x01" * 64)  # retrained in place: same name, same size
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert model_fingerprint(str(model)) != first
+    memo = tmp_path / "cache" / "file-hashes.json"
+
+    def remembered() -> list[str]:
+        return [key.rsplit("|", 2)[0] for key in json.loads(memo.read_text())]
+
+    assert sorted(remembered()) == sorted(str(f.resolve()) for f in model.iterdir())  # one entry per file: the old one went
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    model_fingerprint(str(other))
+    shutil.rmtree(model)
+    (other / "model.safetensors").write_bytes(b"\x02" * 64)
+    model_fingerprint(str(other))  # the deleted model's entries go with this write
+    assert sorted(remembered()) == sorted(str(f.resolve()) for f in other.iterdir())
 
     hub = tmp_path / "hub"
     snapshots = hub / "models--org--model" / "snapshots"
