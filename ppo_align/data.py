@@ -97,7 +97,7 @@ def _load_dataset(source: DatasetSource, key: str, local: Path):
         return datasets.load_dataset(source.dataset, source.config, split=source.split, revision=source.revision)
     except UserError:
         raise
-    except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
         raise UserError(f"{key}: cannot load dataset {source.dataset!r} ({str(exc).splitlines()[0][:200]}); fix: check "
                         "the id, config, split and revision, and that this machine can reach the hub") from None
 

@@ -74,12 +74,9 @@ class _TensorBoard:
         self.writer.flush()
 
     def table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
-        def cell(value) -> str:
-            return str(value).replace("|", "\\|").replace("\n", " ")
+        from ppo_align.reporting.render import markdown_table  # TensorBoard renders a text summary as markdown
 
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-        self.writer.add_text(key, "\n".join(lines), step)
+        self.writer.add_text(key, "\n".join(markdown_table(columns, rows)), step)
         self.writer.flush()
 
     def close(self) -> None:

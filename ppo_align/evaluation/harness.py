@@ -206,24 +206,22 @@ def _send_to_trackers(results: EvalResults, job: EvalJob) -> None:
     trackers = Trackers(job.report_to, Path(job.run["dir"]), job.run["name"])
     reference = results.targets[0]
     try:
+        values = {}
         for target in job.targets:
-            values = {}
+            values[target.name] = {}
             for evalset in results.data["evalsets"]:
                 metrics = results.metric(target.name, evalset)
+                shift = results.shift(target.name, evalset) if target.name != reference else {}
                 for key, _, _ in HEADLINE:
                     if metrics.get(key) and metrics[key]["n"]:
-                        values[f"eval/{evalset}/{key}"] = metrics[key]["rate"]
-                        change = results.shift(target.name, evalset).get(key) if target.name != reference else None
-                        if change:
-                            values[f"eval/{evalset}/{key}_change"] = change["delta"]
-            trackers.scalars(values, target.step or 0)
+                        values[target.name][f"eval/{evalset}/{key}"] = metrics[key]["rate"]
+                        if shift.get(key):
+                            values[target.name][f"eval/{evalset}/{key}_change"] = shift[key]["delta"]
+            trackers.scalars(values[target.name], target.step or 0)
         latest = job.targets[-1]
-        rows = []
-        for evalset in results.data["evalsets"]:
-            before, after = results.metric(reference, evalset), results.metric(latest.name, evalset)
-            change = results.shift(latest.name, evalset) if latest.name != reference else {}
-            rows += [[evalset, key, before[key]["rate"], after[key]["rate"], (change.get(key) or {}).get("delta", 0.0)]
-                     for key, _, _ in HEADLINE if (before.get(key) or {}).get("n")]
+        before, after = values[reference], values[latest.name]
+        rows = [[*name.split("/")[1:], rate, after[name], after.get(f"{name}_change", 0.0)]
+                for name, rate in before.items() if not name.endswith("_change")]
         trackers.table("eval/headline", ["set", "metric", reference, latest.name, "change"], rows, latest.step or 0)
     finally:
         trackers.close()
