@@ -382,13 +382,16 @@ REFERENCE_ADAPTER = "reference"
 """Name of the frozen warm-start adapter that serves as PPO's reference."""
 
 
-def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Path | None = None):
+def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Path | None = None, *,
+                reference: bool = True):
     """The policy: 4-bit base + trainable LoRA adapter named "default".
 
     Without a warm start, the same object with its adapter disabled is the reference.
     With one, the policy adapter starts as a copy of the warm-start adapter, which is
     also loaded frozen as ``REFERENCE_ADAPTER``: the reference is then exactly the
     warm-started model on the same 4-bit base, and costs only a second small adapter.
+    ``reference=False`` leaves that adapter out, for trainers that copy the starting
+    adapter into a reference of their own (TRL's RLOO and GRPO).
     """
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -402,6 +405,8 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Pa
     if warm_start is None:
         return get_peft_model(base, lora_config(section.lora, "CAUSAL_LM", base))
     policy = PeftModel.from_pretrained(base, str(warm_start), adapter_name="default", is_trainable=True)
+    if not reference:
+        return policy
     policy.load_adapter(str(warm_start), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     policy.set_adapter("default")  # also leaves only the active adapter trainable
     return policy

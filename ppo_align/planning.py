@@ -107,7 +107,7 @@ def parse_memory(text: str) -> int:
 
 
 def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | None = None) -> MemoryPlan:
-    """Estimate the PPO stage's peak memory for ``recipe`` and whether it fits ``available`` bytes.
+    """Estimate the RL stage's peak memory for ``recipe`` and whether it fits ``available`` bytes.
 
     Args:
         recipe: a loaded recipe.
@@ -147,19 +147,21 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
             k: v for k, v in linears.items() if k in lora.target_modules}
         return adapted(lora) * sum(lora.r * (i + o) for i, o in targets.values())
 
+    has_value = recipe.algorithm == "ppo"  # RLOO and GRPO have no value model
     value_section = recipe.value.lora or m.lora
-    policy_lora, value_lora = lora_params(m.lora), lora_params(value_section) + h
+    policy_lora, value_lora = lora_params(m.lora), (lora_params(value_section) + h if has_value else 0)
     trainable = policy_lora + value_lora
     components = [
         Component("policy base", base(m.quantization.load_in_4bit),
                   "4-bit linear layers + embeddings" if m.quantization.load_in_4bit else "full precision"),
-        Component("value base", base(m.quantization.load_in_4bit, with_lm_head=False),
-                  "a second copy of the base, with a scalar head"),
+        *([Component("value base", base(m.quantization.load_in_4bit, with_lm_head=False),
+                     "a second copy of the base, with a scalar head")] if has_value else []),
         Component("LoRA weights, gradients, AdamW moments", trainable * (4 + 4 + 8),
-                  f"{trainable / 1e6:.1f}M trainable parameters (policy + value)"),
+                  f"{trainable / 1e6:.1f}M trainable parameters ({'policy + value' if has_value else 'policy'})"),
     ]
-    if recipe.warm_start is not None:
-        components.append(Component("reference adapter", policy_lora * 4, "the frozen warm-start adapter"))
+    if recipe.warm_start is not None or (not has_value and p.kl_coef > 0):
+        # PPO's is the frozen warm-start adapter; TRL's RLOO and GRPO copy the starting adapter into one of their own.
+        components.append(Component("reference adapter", policy_lora * 4, "a frozen copy of the starting adapter"))
     if recipe.reward.source == "trained":
         components.append(Component("reward model", base(m.quantization.load_in_4bit, with_lm_head=False) + lora_params(m.lora) * 4,
                                     "the base again + its LoRA and head"))
@@ -170,10 +172,15 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
                                     "approximate: 12·hidden² per layer"))
 
     seq = recipe.data.max_prompt_length + p.response_length
-    rollout_b = p.local_rollout_forward_batch_size
-    rollout = (2 * layers * rollout_b * kv * head_dim * seq * act            # generation KV cache
-               + rollout_b * p.response_length * vocab * 4                     # generation scores TRL keeps
-               + 2 * rollout_b * seq * vocab * act)                            # reference logits + their log-softmax
+    if has_value:  # TRL's PPO generates and scores in chunks of local_rollout_forward_batch_size
+        rollout_b = p.local_rollout_forward_batch_size
+        rollout = (2 * layers * rollout_b * kv * head_dim * seq * act            # generation KV cache
+                   + rollout_b * p.response_length * vocab * 4                     # generation scores TRL keeps
+                   + 2 * rollout_b * seq * vocab * act)                            # reference logits + their log-softmax
+    else:  # RLOO / GRPO generate the whole rollout batch at once, then score it in micro-batches
+        rollout_b = recipe.rollout_batch_size
+        rollout = (2 * layers * rollout_b * kv * head_dim * seq * act
+                   + 2 * p.per_device_train_batch_size * seq * vocab * act)
     micro = p.per_device_train_batch_size
     tokens = micro * seq
     # Per token and layer, what autograd keeps: norm inputs and outputs, q/k/v/o inputs and outputs, the
@@ -181,8 +188,8 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     # gradient checkpointing keeps only each layer's input.
     per_token_layer = (h if m.gradient_checkpointing else
                        6 * h + 2 * kv * head_dim + heads * head_dim + heads * seq + 4 * inter)
-    # Autograd keeps them only from the lowest adapted layer up, in the policy and the value model.
-    saved = (adapted(m.lora) + adapted(value_section)) * tokens * per_token_layer * act
+    # Autograd keeps them only from the lowest adapted layer up, in the policy (and the value model).
+    saved = (adapted(m.lora) + (adapted(value_section) if has_value else 0)) * tokens * per_token_layer * act
     # The policy's full logits, and over the response: log-softmax, softmax and softmax·logits (entropy),
     # and the logits' gradient.
     logits = micro * seq * vocab * act + 4 * micro * p.response_length * vocab * 4

@@ -426,7 +426,7 @@ def test_contrast_twins_are_held_out_together_and_the_monitor_scores_pairs(tiny_
 
 
 def test_balanced_order_gives_every_rollout_batch_equal_shares():
-    from ppo_align.training.ppo import GroupedSampler
+    from ppo_align.training.loop import GroupedSampler
 
     classes = ["comply"] * 12 + ["refuse"] * 4
     sampler = GroupedSampler(len(classes), samples_per_prompt=2, seed=3, classes=classes)

@@ -15,7 +15,7 @@ from ppo_align.data import read_data
 from ppo_align.errors import UserError
 from ppo_align.evalsets import evalset_name, load_evalset, shipped_evalsets
 from ppo_align.models import model_dir_problems
-from ppo_align.recipe.schema import JudgeReward, ModelReward, Recipe, TrainedReward
+from ppo_align.recipe.schema import PPO_ONLY, JudgeReward, ModelReward, Recipe, TrainedReward
 from ppo_align.tracking import missing_packages
 
 # --------------------------------------------------------------------------- pass 2 rules
@@ -26,7 +26,9 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
     p = recipe.ppo
     problems = []
     rollout = recipe.rollout_batch_size
-    if rollout % p.num_mini_batches:
+    if recipe.algorithm != "ppo":
+        problems += _group_algorithm_problems(recipe)
+    elif rollout % p.num_mini_batches:
         problems.append(
             f"ppo.num_mini_batches = {p.num_mini_batches}: the rollout batch (per_device_train_batch_size × "
             f"gradient_accumulation_steps = {rollout}) must split evenly into it; fix: use a divisor of {rollout}"
@@ -46,12 +48,12 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
         problems.append(
             f"ppo.total_episodes = {p.total_episodes}: fewer than one rollout batch ({rollout}); fix: set it to at least {rollout}"
         )
-    if p.whiten_rewards and rollout // p.num_mini_batches < 8:
+    if recipe.algorithm == "ppo" and p.whiten_rewards and rollout // p.num_mini_batches < 8:
         problems.append(
             f"ppo.whiten_rewards = true: needs mini-batches of at least 8 responses, these have "
             f"{rollout // p.num_mini_batches}; fix: set whiten_rewards: false or use larger batches"
         )
-    if recipe.reward.normalize and p.local_rollout_forward_batch_size < rollout:
+    if recipe.algorithm == "ppo" and recipe.reward.normalize and p.local_rollout_forward_batch_size < rollout:
         # TRL scores a rollout in chunks of local_rollout_forward_batch_size, and the reward sees one chunk a call.
         problems.append(
             f"reward.normalize = true: scores are standardised per scoring chunk (ppo.local_rollout_forward_batch_size "
@@ -72,6 +74,22 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
                         "(e.g. 32)")
     if p.save_steps > 0 and recipe.output.keep_checkpoints == 0:
         problems.append("output.keep_checkpoints = 0: nothing could be resumed or evaluated; fix: at least 1")
+    return problems
+
+
+def _group_algorithm_problems(recipe: Recipe) -> list[str]:
+    """RLOO and GRPO: no value model, and advantages from each prompt's group of samples."""
+    p, name = recipe.ppo, recipe.algorithm
+    problems = []
+    ppo_only = [f"ppo.{key}" for key in PPO_ONLY if key in p.model_fields_set]
+    ppo_only += ["value"] if "value" in recipe.model_fields_set else []
+    if ppo_only:
+        problems.append(f"algorithm = {name!r}: {', '.join(ppo_only)} only apply to algorithm: ppo (there is no value "
+                        f"model or mini-batch loop); fix: remove {'it' if len(ppo_only) == 1 else 'them'}, "
+                        "or set algorithm: ppo")
+    if p.samples_per_prompt < 2:
+        problems.append(f"ppo.samples_per_prompt = {p.samples_per_prompt}: {name.upper()} compares each response with "
+                        "the other samples of its prompt, so it needs at least 2; fix: set samples_per_prompt: 2 or more")
     return problems
 
 

@@ -214,12 +214,20 @@ Reward = Annotated[Union[FunctionReward, ModelReward, JudgeReward, TrainedReward
 
 
 class ValueSection(Section):
+    """The value model (PPO only)."""
+
     lora: Lora | None = None
     """LoRA of the value model (4-bit base + LoRA + a scalar head). Default: the same as model.lora."""
 
 
+PPO_ONLY = ("num_mini_batches", "num_ppo_epochs", "kl_estimator", "cliprange", "cliprange_value", "vf_coef", "gamma",
+            "lam", "whiten_rewards", "missing_eos_penalty", "local_rollout_forward_batch_size")
+"""`ppo` keys that only the PPO algorithm reads (with the `value` section): its value model, GAE and mini-batch loop."""
+
+
 class PPOSection(Section):
-    """PPO settings. Names follow TRL's PPOConfig where they exist there, so TRL's docs apply."""
+    """Online RL settings (for every `algorithm`; the keys marked PPO only are refused under rloo/grpo). Names
+    follow TRL's PPOConfig where they exist there, so TRL's docs apply."""
 
     learning_rate: float = Field(5e-5, gt=0, le=1.0)
     """AdamW learning rate for the policy and value adapters."""
@@ -228,13 +236,14 @@ class PPOSection(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     """Micro-batches per rollout: the rollout batch is per_device_train_batch_size × this."""
     num_mini_batches: int = Field(1, ge=1)
-    """Mini-batches the rollout batch is split into for each PPO epoch."""
+    """Mini-batches the rollout batch is split into for each PPO epoch. (PPO only.)"""
     num_ppo_epochs: int = Field(1, ge=1)
-    """Optimisation passes over each rollout batch."""
+    """Optimisation passes over each rollout batch. (PPO only.)"""
     total_episodes: int = Field(256, ge=1)
     """Responses to generate and learn from in the whole run (rounded up to whole rollout batches)."""
     samples_per_prompt: int = Field(1, ge=1)
-    """Responses sampled per prompt in one rollout batch: PPO learns by choosing among alternatives."""
+    """Responses sampled per prompt in one rollout batch: PPO learns by choosing among alternatives; for RLOO and
+    GRPO they are the group each response is compared with (at least 2)."""
     response_length: int = Field(32, ge=1)
     """Maximum new tokens per response."""
     temperature: float = Field(0.8, gt=0)
@@ -243,33 +252,33 @@ class PPOSection(Section):
     """Weight of the KL penalty to the reference: the brake."""
     kl_estimator: Literal["k1", "k3"] = "k3"
     """KL estimator. k3 (default) is unbiased, never negative and lower-variance; k1 is unbiased but its
-    per-sample values can go negative, which reads as a broken brake in the logs."""
+    per-sample values can go negative, which reads as a broken brake in the logs. (PPO only.)"""
     max_kl: float | None = Field(None, gt=0)
     """Stop the run (keeping the last good checkpoint) when the mean KL to the reference exceeds this."""
     cliprange: float = Field(0.2, gt=0)
-    """PPO policy ratio clip."""
+    """PPO policy ratio clip. (PPO only.)"""
     cliprange_value: float = Field(0.2, gt=0)
-    """Value function clip."""
+    """Value function clip. (PPO only.)"""
     vf_coef: float = Field(0.1, gt=0)
-    """Weight of the value loss."""
+    """Weight of the value loss. (PPO only.)"""
     gamma: float = Field(1.0, ge=0, le=1)
-    """Discount factor."""
+    """Discount factor. (PPO only.)"""
     lam: float = Field(0.95, ge=0, le=1)
-    """GAE lambda."""
+    """GAE lambda. (PPO only.)"""
     whiten_rewards: bool = False
-    """Whiten rewards within each mini-batch (needs mini-batches of at least 8)."""
+    """Whiten rewards within each mini-batch (needs mini-batches of at least 8). (PPO only.)"""
     missing_eos_penalty: float | None = Field(None, ge=0)
-    """Subtracted from the reward of responses that hit response_length without ending."""
+    """Subtracted from the reward of responses that hit response_length without ending. (PPO only.)"""
     local_rollout_forward_batch_size: int = Field(16, ge=1)
-    """Batch size of the no-grad forward passes that score rollouts."""
+    """Batch size of the no-grad forward passes that score rollouts. (PPO only.)"""
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    """Learning-rate schedule over the run's PPO updates."""
+    """Learning-rate schedule over the run's updates."""
     warmup_steps: int = Field(0, ge=0)
-    """Learning-rate warm-up, in PPO updates."""
+    """Learning-rate warm-up, in updates."""
     seed: int = 42
     """Seed for sampling, shuffling and initialisation."""
     save_steps: int = Field(10, ge=1)
-    """Save a checkpoint every this many PPO updates (and always at the end)."""
+    """Save a checkpoint every this many updates (and always at the end)."""
 
 
 class DataSection(Section):
@@ -359,6 +368,12 @@ class Recipe(Section):
     """Short identifier; also the default run directory name."""
     description: str = ""
     """One line shown by `ppo-align recipes`."""
+    algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
+    """The online RL algorithm, each on TRL's own trainer. "ppo": a value model estimates each token's
+    advantage (the most machinery, the most knobs). "rloo" and "grpo": no value model; each response's
+    advantage is its reward against the other samples of the same prompt (`ppo.samples_per_prompt` ≥ 2),
+    so an update costs about half as much. The `ppo` section sets all three; keys only PPO reads (the value
+    model, GAE, mini-batches) are refused under rloo/grpo."""
     model: ModelSection = ModelSection()
     warm_start: WarmStartSection | None = None
     reference: ReferenceSection = ReferenceSection()
@@ -406,6 +421,9 @@ class Recipe(Section):
     def dump(self, relative_to: Path | None = None) -> dict:
         """``model_dump`` as JSON types; with ``relative_to``, file paths rebased as :meth:`to_yaml` says."""
         data = self.model_dump(mode="json")
+        if self.algorithm != "ppo":  # what the algorithm does not read is not part of the recipe that ran
+            data.pop("value")
+            data["ppo"] = {k: v for k, v in data["ppo"].items() if k not in PPO_ONLY}
         if relative_to is None:
             return data
         from ppo_align.evalsets import shipped_evalsets

@@ -24,19 +24,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 import pickle
-import signal
-import threading
-import time
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -50,7 +45,16 @@ from ppo_align import checkpoints, models, tracking
 from ppo_align.errors import Interrupted, TrainingStopped, UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
-from ppo_align.rundir import RunDir
+from ppo_align.training.loop import (
+    GroupedSampler,
+    NonFiniteReward,
+    OnlineRun,
+    StopRule,
+    UpdateClock,
+    check_finite,
+    require_one_batch,
+    stop_after_update_on_signal,
+)
 from ppo_align.training.monitor import Check, Monitor
 from ppo_align.training.prompts import PromptSet
 
@@ -144,11 +148,7 @@ class TRLRewardModule(nn.Module):
         scores = torch.as_tensor(scores, dtype=torch.float32, device=input_ids.device).reshape(-1)
         if scores.numel() != len(responses):
             raise ValueError(f"the reward returned {scores.numel()} scores for {len(responses)} responses")
-        if not torch.isfinite(scores).all():
-            # Caught before TRL turns it into advantages: one NaN would poison every weight in the update.
-            bad = [(p, s) for p, s in zip(prompts, scores.tolist()) if not math.isfinite(s)]
-            raise NonFiniteReward(f"the reward returned {bad[0][1]} for {len(bad)} of {len(responses)} responses "
-                                  f"(first prompt: {bad[0][0][:60]!r})")
+        check_finite(scores, prompts)
         for prompt, response, score, n in zip(prompts, responses, scores.tolist(), lengths):
             self.records.append({"prompt": prompt, "response": response, "reward": score, "response_tokens": n})
         return types.SimpleNamespace(hidden_states=(scores.view(-1, 1, 1).expand(-1, input_ids.shape[1], 1),))
@@ -158,67 +158,7 @@ class TRLRewardModule(nn.Module):
         return records
 
 
-class NonFiniteReward(ValueError):
-    """A reward source returned NaN or inf for a rollout."""
-
-
-class GroupedSampler(Sampler):
-    """Prompt order: a fresh order per epoch from (seed, epoch), each prompt repeated
-    ``samples_per_prompt`` times in a row so its samples share a rollout batch.
-
-    With ``classes`` (one value per prompt, from ``data.balance_by``) the epoch deals
-    the classes in turn, each shuffled and dealt again when it runs out, so every
-    rollout batch holds them in equal shares: a batch of mostly safe prompts would
-    otherwise teach "answer more" with little to hold the unsafe ones refused.
-
-    Deterministic from the seed, so a resumed run continues the same sequence by
-    skipping what was consumed, instead of TRL's order drawn from the global RNG.
-    """
-
-    def __init__(self, num_prompts: int, samples_per_prompt: int, seed: int, classes: list[str] | None = None):
-        self.num_prompts, self.k, self.seed = num_prompts, samples_per_prompt, seed
-        self.classes = classes
-        self.epoch, self.skip = 0, 0
-
-    def __len__(self) -> int:
-        return self.num_prompts * self.k - self.skip
-
-    def __iter__(self):
-        order = self.order(self.epoch)
-        indices = [i for i in order for _ in range(self.k)][self.skip:]
-        self.epoch, self.skip = self.epoch + 1, 0
-        yield from indices
-
-    def order(self, epoch: int) -> list[int]:
-        """The prompts of ``epoch`` in the order they are dealt (num_prompts of them)."""
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        if not self.classes:
-            return torch.randperm(self.num_prompts, generator=generator).tolist()
-        groups: dict[str, list[int]] = {}
-        for i, value in enumerate(self.classes):
-            groups.setdefault(value, []).append(i)
-        queues: dict[str, list[int]] = {value: [] for value in sorted(groups)}
-        order: list[int] = []
-        while len(order) < self.num_prompts:
-            for value, queue in queues.items():
-                if not queue:
-                    queue += [groups[value][j] for j in torch.randperm(len(groups[value]), generator=generator).tolist()]
-                order.append(queue.pop())
-                if len(order) == self.num_prompts:
-                    break
-        return order
-
-    def seek(self, batches_done: int, batch_size: int) -> None:
-        per_epoch = (self.num_prompts * self.k) // batch_size  # the loader drops the ragged last batch
-        self.epoch, self.skip = divmod(batches_done, per_epoch)
-        self.skip *= batch_size
-
-
 SCHEDULER_FILE = "scheduler.json"
-
-
-class StopRule(Exception):
-    """A monitor rule ended the run early: an outcome, not an error."""
 
 
 class RunCallback(TrainerCallback):
@@ -227,7 +167,7 @@ class RunCallback(TrainerCallback):
     def __init__(self, run: "PPORun"):
         self.run = run
         self.restore: dict | None = None
-        self.step_started = time.perf_counter()
+        self.clock = UpdateClock()
         self.fingerprint: float | None = None
         self.progress = None
         self.stop_signal: int | None = None  # set by a Ctrl-C / SIGTERM handler; honoured after the update
@@ -239,45 +179,19 @@ class RunCallback(TrainerCallback):
             self.restore = None
         self.fingerprint = self.run.policy_fingerprint()
         self.progress = self.run.progress_bar(state.max_steps, state.global_step)
-        self.step_started = time.perf_counter()
+        self.clock.lap()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        run = self.run
-        records = run.reward.drain()
-        metrics = {"step": state.global_step}
-        metrics.update({ours: logs[theirs] for theirs, ours in METRIC_NAMES.items() if theirs in logs})
-        rewards = torch.tensor([r["reward"] for r in records]) if records else torch.zeros(0)
-        metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
-        elapsed = time.perf_counter() - self.step_started
-        metrics["step_time_s"] = round(elapsed, 3)
-        metrics["tokens_per_s"] = round(sum(r["response_tokens"] for r in records) / elapsed, 2) if elapsed else None
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise TrainingStopped(run.stop_message(state.global_step, f"non-finite {', '.join(bad)}",
-                                                   "lower ppo.learning_rate or check the reward for NaN/inf"))
-        run.append_jsonl("metrics.jsonl", metrics)
-        if state.global_step % run.recipe.output.sample_every == 0 or state.global_step == 1:
-            for record in records[: run.recipe.rollout_batch_size]:
-                run.append_jsonl("samples.jsonl", {"step": state.global_step, **record})
-            run.trackers.table("samples", ["prompt", "response", "reward"],
-                               [[r["prompt"], r["response"], round(r["reward"], 4)]
-                                for r in records[: run.recipe.rollout_batch_size]], state.global_step)
-        max_kl = run.recipe.ppo.max_kl
-        if max_kl is not None and metrics.get("kl", 0.0) > max_kl:
-            raise TrainingStopped(run.stop_message(state.global_step, f"KL {metrics['kl']:.3f} exceeded ppo.max_kl = {max_kl}",
-                                                   "raise ppo.kl_coef or lower ppo.learning_rate"))
+        ours = {ours: logs[theirs] for theirs, ours in METRIC_NAMES.items() if theirs in logs}
+        metrics = self.run.log_update(state.global_step, ours, self.run.reward.drain(), self.clock.lap())
         if self.progress is not None:
-            self.progress(state.global_step, metrics, run.last_check)
+            self.progress(state.global_step, metrics, self.run.last_check)
 
     def on_step_end(self, args, state, control, **kwargs):
         run = self.run
-        fingerprint = run.policy_fingerprint()
-        if fingerprint == self.fingerprint:
-            log.warning("PPO update %d left every policy LoRA weight unchanged: the policy is not learning "
-                        "(on CPU, see models.keep_4bit_gradients_on_cpu)", state.global_step)
-        self.fingerprint = fingerprint
+        self.fingerprint = run.warn_if_unchanged(state.global_step, self.fingerprint)
         due = state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
-        self.agree_on_stop()
+        self.stop_signal = run.agree_on_stop(self.stop_signal)
         if due or self.stop_signal is not None:
             check = run.check_behaviour(state.global_step) if due else None
             ckpt = run.save(state, check)
@@ -286,36 +200,20 @@ class RunCallback(TrainerCallback):
                                   f"{ckpt.path.name}; run the same train command again to resume", self.stop_signal)
             if check is not None and check.floor_broken and run.recipe.monitor.stop_below_floor:
                 raise StopRule(f"stopped by monitor rule at PPO update {state.global_step}: {'; '.join(check.violations)}")
-        self.step_started = time.perf_counter()
-
-    def agree_on_stop(self) -> None:
-        """With several processes, a signal that reached any of them stops all of them after the same update."""
-        accelerator = self.run.trainer.accelerator
-        if accelerator.num_processes > 1:
-            signals = accelerator.gather(torch.tensor([self.stop_signal or 0], device=accelerator.device))
-            self.stop_signal = int(signals.max()) or None
+        self.clock.lap()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress(None, None)
 
 
-class PPORun:
+class PPORun(OnlineRun):
     """One PPO run over TRL's trainer: build, (resume,) train, checkpoint."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, policy, value_model, scorer: Scorer,
                  prompts: PromptSet, progress_factory=None, monitor: Monitor | None = None):
         self.recipe, self.run_dir, self.monitor = recipe, run_dir, monitor
-        self.stopped_by: str | None = None
-        self.last_check: Check | None = None
-        samples = len(prompts.input_ids) * recipe.ppo.samples_per_prompt
-        if samples < recipe.rollout_batch_size:
-            # The loader drops ragged batches; with none left, TRL's endless data iterator would spin forever.
-            raise UserError(
-                f"data.prompts = {recipe.data.prompts!r}: {len(prompts.input_ids)} usable prompts × "
-                f"ppo.samples_per_prompt {recipe.ppo.samples_per_prompt} = {samples}, fewer than one rollout batch "
-                f"({recipe.rollout_batch_size}); fix: add prompts, raise samples_per_prompt or use smaller batches"
-            )
+        require_one_batch(recipe, prompts)
         self.reward = TRLRewardModule(scorer, prompts, tokenizer)
         self.callback = RunCallback(self)
         self._progress_factory = progress_factory
@@ -370,86 +268,30 @@ class PPORun:
         return self.trainer.accelerator.unwrap_model(self.trainer.model)
 
     @property
+    def policy(self):
+        return self.unwrapped.policy
+
+    @property
     def total_updates(self) -> int:
         return self.trainer.args.num_total_batches
 
-    def policy_fingerprint(self) -> float:
-        with torch.no_grad():
-            return float(sum(p.double().abs().sum() for p in self.unwrapped.policy.parameters() if p.requires_grad))
-
-    @property
-    def is_main(self) -> bool:
-        return self.trainer.accelerator.is_main_process
-
-    def progress_bar(self, total: int, done: int):
-        return self._progress_factory(total, done) if self._progress_factory and self.is_main else None
-
-    def append_jsonl(self, name: str, record: dict) -> None:
-        if not self.is_main:
-            return
-        with RunDir(self.run_dir).log(name).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def stop_message(self, step: int, why: str, fix: str) -> str:
-        last = checkpoints.latest_complete(self.run_dir)
-        kept = f"the last good checkpoint is {last.path.name}" if last else "no checkpoint was saved yet"
-        return f"training stopped at PPO update {step}: {why}; {kept}; fix: {fix}"
-
     # ----------------------------------------------------------------- checkpoints
-    def check_behaviour(self, step: int) -> Check | None:
-        """Run the monitor on the policy now; log it to monitor.jsonl."""
-        if self.monitor is None:
-            return None
-        check = self.monitor.check(self.unwrapped.policy, step)
-        self.append_jsonl("monitor.jsonl", check.to_dict())
-        self.trackers.scalars({**{f"monitor/refusal_when_expected_{k}": v for k, v in check.refusal.items()},
-                               "monitor/pairs_told_apart": check.discrimination}, step)
-        self.last_check = check
-        log.info("behaviour check at update %d: %s", step, check.summary())
-        return check
-
     def save(self, state, check: Check | None = None) -> checkpoints.Checkpoint:
         accelerator = self.trainer.accelerator
 
         def write(directory: Path) -> None:
             if self.is_main:  # the adapters are the same in every process
                 # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
-                self.unwrapped.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
+                self.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
                 self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
             accelerator.save_state(str(directory / checkpoints.STATE_DIR))  # every process: its own RNG state
             if self.is_main:
                 (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
 
-        # Only the main process writes the adapters, on the premise that data-parallel training keeps every copy
-        # identical; each process's digest of its trainable weights goes into progress.json so that it is checked.
-        from accelerate.utils import gather_object
-
-        digests = gather_object([self.weights_digest()])  # one process: the list as it is
-        if len(set(digests)) > 1:
-            log.error("update %d: the processes' trainable weights differ (%s); the saved adapters are the main "
-                      "process's", state.global_step, ", ".join(d[:12] for d in digests))
-        ckpt = checkpoints.write_checkpoint(
-            self.run_dir, state.global_step,
-            {"episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size,
-             "processes": accelerator.num_processes, "weights_per_process": digests,
-             "monitor": check.to_dict() if check else None},
-            write, main=self.is_main, barrier=accelerator.wait_for_everyone,
-        )
-        if self.is_main:
-            checkpoints.prune(self.run_dir, self.recipe.output.keep_checkpoints)
-        return ckpt
-
-    def weights_digest(self) -> str:
-        """sha256 of this process's trainable policy and value weights, in name order."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for module in (self.unwrapped.policy, self.unwrapped.value_model):
-            for name, param in sorted(module.named_parameters()):
-                if param.requires_grad:
-                    digest.update(name.encode())
-                    digest.update(param.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()
+        return self.write_checkpoint(state.global_step, {
+            "episode": state.episode, "total_updates": state.max_steps, "rollout_batch_size": self.trainer.args.batch_size,
+            "digest": self.weights_digest(self.policy, self.unwrapped.value_model),
+            "monitor": check.to_dict() if check else None}, write)
 
     def load(self, ckpt: checkpoints.Checkpoint) -> int:
         """Restore adapters, optimizer, scheduler and RNG from a checkpoint; return the updates done."""
@@ -494,7 +336,7 @@ class PPORun:
         try:
             if self.monitor is not None and done == 0:
                 self.check_behaviour(0)  # the starting point (the reference) on the same prompts
-            with _stop_after_update_on_signal(self.callback):
+            with stop_after_update_on_signal(self.callback):
                 self.trainer.train()
         except StopRule as stop:
             self.stopped_by = str(stop)
@@ -506,26 +348,3 @@ class PPORun:
             gc.unfreeze()
             self.trainer.args.num_total_batches = total
             self.trackers.close()
-
-
-@contextmanager
-def _stop_after_update_on_signal(callback: RunCallback):
-    """First Ctrl-C (or SIGTERM, as schedulers send before killing a job): finish and save the update in
-    progress, then stop. A second Ctrl-C raises KeyboardInterrupt at once."""
-    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
-        yield
-        return
-
-    def request_stop(signum, frame):
-        if callback.stop_signal is not None:
-            raise KeyboardInterrupt
-        callback.stop_signal = signum
-        log.warning("%s: finishing the PPO update in progress, then saving a checkpoint "
-                    "(press Ctrl-C again to stop at once)", signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

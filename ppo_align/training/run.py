@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import importlib
 import json
 import logging
 import shutil
@@ -52,7 +54,7 @@ class RunResult:
 
 
 def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, progress: bool = True) -> RunResult:
-    """Train a recipe with PPO, resuming its run directory if it has a complete checkpoint.
+    """Train a recipe with its algorithm (PPO, RLOO or GRPO), resuming its run directory if it has a complete checkpoint.
 
     Args:
         recipe: a loaded recipe (see :func:`ppo_align.load_recipe`).
@@ -62,7 +64,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         progress: show a progress bar.
 
     Returns:
-        The run directory, the number of PPO updates done, and the checkpoints.
+        The run directory, the number of updates done, and the checkpoints.
     """
 
     # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run files.
@@ -81,8 +83,6 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         write_atomic(RunDir(run_dir).info, json.dumps(info, indent=2))
 
     from transformers import set_seed
-
-    from ppo_align.training.ppo import PPORun  # torch and TRL load here, not when the CLI starts
 
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
@@ -104,15 +104,28 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         with _timed(seconds, "audit"):
             _preflight(recipe, scorer, tokenizer, model_dir)
     set_seed(recipe.ppo.seed)  # the value head and LoRA initialisations draw from the global RNG
-    log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
-    policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
-    value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
-    run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
-                 progress_factory=_progress_bar if progress else None, monitor=monitor)
+    progress_factory = functools.partial(_progress_bar, recipe.algorithm.upper()) if progress else None
+    if recipe.algorithm == "ppo":
+        from ppo_align.training.ppo import PPORun  # torch and TRL load here, not when the CLI starts
+
+        log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source,
+                 recipe.model.quantization.load_in_4bit)
+        policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
+        value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
+        run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
+                     progress_factory=progress_factory, monitor=monitor)
+    else:
+        from ppo_align.training.grouped import GroupRun
+
+        trainer = importlib.import_module(f"ppo_align.training.{recipe.algorithm}")  # imports that TRL trainer only
+        log.info("loading the policy (%s, 4-bit: %s)", recipe.model.source, recipe.model.quantization.load_in_4bit)
+        policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start, reference=False)
+        run = GroupRun(recipe, run_dir, tokenizer, policy, scorer, prompts, trainer.Trainer,
+                       trainer.build_config(recipe, run_dir), progress_factory=progress_factory, monitor=monitor)
     if start_from:
         log.info("resuming %s from %s", run_dir, start_from.path.name)
     info["status"] = "running"
-    ppo_started = time.perf_counter()
+    rl_started = time.perf_counter()
     try:
         run.train(resume_from=start_from)
         info["status"] = f"stopped early: {run.stopped_by}" if run.stopped_by else "finished"
@@ -124,12 +137,12 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         raise
     finally:
         info["ended"] = _now()
-        seconds["ppo"] = round(time.perf_counter() - ppo_started, 1)
+        seconds[recipe.algorithm] = round(time.perf_counter() - rl_started, 1)
         updates = _updates_logged(run_dir) - (int(start_from.progress()["step"]) if start_from else 0)
-        if updates > 0 and seconds["ppo"]:
+        if updates > 0 and seconds[recipe.algorithm]:
             # Includes the monitor's checks and checkpoint writes: what a user waits for.
             episodes = updates * recipe.rollout_batch_size * processes.num_processes
-            info["episodes_per_minute"] = round(episodes * 60 / seconds["ppo"], 1)
+            info["episodes_per_minute"] = round(episodes * 60 / seconds[recipe.algorithm], 1)
         last = checkpoints.latest_complete(run_dir)
         info["last_checkpoint"] = last.path.name if last else None
         if recipe.monitor.holdout:
@@ -255,7 +268,7 @@ def _run_info(recipe: Recipe, start_from) -> dict:
     }
 
 
-def _progress_bar(total: int, done: int):
+def _progress_bar(name: str, total: int, done: int):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -266,7 +279,7 @@ def _progress_bar(total: int, done: int):
     )
 
     bar = Progress(
-        TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"), transient=False,
     )
     task = bar.add_task("ppo", total=total, completed=done, stats="")
