@@ -10,8 +10,9 @@ Layout::
 
     checkpoint-<step>/
       policy/          PEFT adapter of the policy (adapter_config.json + safetensors)
-      value/           PEFT adapter of the value model, with its score head
-      state/           optimizer, LR scheduler and RNG states (accelerate save_state)
+      value/           PEFT adapter of the value model, with its score head (PPO only: RLOO and GRPO have none)
+      state/           optimizer, LR scheduler and RNG states (PPO: accelerate save_state + scheduler.json;
+                       RLOO/GRPO: the transformers Trainer's optimizer.pt, scheduler.pt, rng_state.pth, trainer_state.json)
       progress.json    step, episode, and what produced the checkpoint
       COMPLETE         written last
 """

@@ -148,13 +148,15 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (accelerate launch on GPUs, torchrun on CPU)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel training in this many processes (accelerate launch on GPUs, torchrun on CPU; tested with PPO)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Another seed for the whole run (warm start, prompt order, sampling, initialisation): sets ppo.seed and, unless output.name is set, names the run NAME-seedN."),
 ) -> None:
-    """Train: warm start and reward model (if the recipe has them), reward audit, then PPO.
+    """Train: warm start and reward model (if the recipe has them), reward audit, then PPO (or RLOO / GRPO).
 
     PPO runs a 4-bit LoRA policy against a frozen reference (the warm start, or the base with the
     adapter disabled) and a LoRA value model, with behaviour checks on held-out training prompts.
+    `algorithm: rloo` or `grpo` in the recipe trains the same policy against the same reference with TRL's
+    RLOO or GRPO trainer instead: no value model, each response scored against its prompt's other samples.
     Writes runs/NAME/ (recipe.yaml, run.json, metrics.jsonl, samples.jsonl, monitor.jsonl,
     reward-audit.json, warm-start/, reward-model/, checkpoint-N/).
     Re-running on an existing run continues from its latest complete checkpoint; raise
@@ -198,7 +200,7 @@ def plan_command(
     memory: Optional[str] = typer.Option(None, "--memory", metavar="SIZE", help="Memory it must fit, e.g. 24GiB (default: this machine's GPU memory, else its RAM)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when a GPU is present)."),
 ) -> None:
-    """Estimate the PPO stage's peak memory from the model config alone, and whether it fits.
+    """Estimate the RL stage's peak memory from the model config alone, and whether it fits.
 
     Prints each component (4-bit bases, LoRA with its optimizer state, activations of the larger of the
     rollout and optimisation peaks, runtime) and a verdict. Nothing is loaded but the model's config.

@@ -15,14 +15,14 @@ from pathlib import Path
 # name in runs/<name>/ -> what it holds (the README's listing must match; tests/test_rundir.py)
 LAYOUT: dict[str, str] = {
     "recipe.yaml": "the resolved recipe, as run",
-    "run.json": "package versions, git revision, model fingerprint, start/end, status",
-    "metrics.jsonl": "one line per PPO update: reward, KL, entropy, losses, clip fractions, learning rate, speed",
+    "run.json": "algorithm, package versions, git revision, model fingerprint, start/end, status, episodes per minute",
+    "metrics.jsonl": "one line per update: reward, KL, entropy, losses, clip fractions, learning rate, speed",
     "samples.jsonl": "prompt / response / reward samples every output.sample_every updates",
     "monitor.jsonl": "behaviour checks on held-out training prompts at step 0 and each checkpoint",
     "reward-audit.json": "the reward pre-flight: how often the reward prefers the expected behaviour",
-    "warm-start/": "adapter/ (the warm-start LoRA, PPO's reference) and stage.json (input hash, loss, time)",
+    "warm-start/": "adapter/ (the warm-start LoRA, the reference) and stage.json (input hash, loss, time)",
     "reward-model/": "adapter/ (a reward model trained from preference pairs) and stage.json (held-out accuracy)",
-    "checkpoint-<step>/": "policy/, value/, state/ (optimizer, RNG, scheduler.json), progress.json, COMPLETE (last)",
+    "checkpoint-<step>/": "policy/, value/ (PPO only), state/ (optimizer, scheduler, RNG), progress.json, COMPLETE (last)",
     "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv",
     "report/": "report.md, report.html (self-contained) and plots/",
     "tensorboard/": "with output.report_to: [tensorboard]: TRL's scalars, monitor rates, samples, eval headline",

@@ -107,7 +107,12 @@ def test_sigkill_at_random_moments_loses_at_most_one_save_interval(recipe_file, 
     assert latest_complete(run_dir).step == UPDATES
 
 
-def test_ctrl_c_and_sigterm_save_the_update_in_progress(recipe_file, tmp_path):
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_ctrl_c_and_sigterm_save_the_update_in_progress(recipe_file, tmp_path, algorithm):
+    if algorithm != "ppo":  # the same recipe on TRL's GRPO trainer (a Trainer subclass, unlike TRL's PPO)
+        recipe = yaml.safe_load(recipe_file.read_text())
+        recipe["ppo"].pop("local_rollout_forward_batch_size")
+        recipe_file.write_text(yaml.safe_dump({**recipe, "algorithm": algorithm}))
     run_dir, log = load_recipe(recipe_file).run_dir, tmp_path / "train.log"
     for sig, at in ((signal.SIGINT, 1), (signal.SIGTERM, 4)):
         proc = _start("train", str(recipe_file), log=log)
@@ -117,7 +122,8 @@ def test_ctrl_c_and_sigterm_save_the_update_in_progress(recipe_file, tmp_path):
         saved = latest_complete(run_dir)
         # The update running when the signal came finished and was saved, on or off the save schedule.
         assert saved.step == _steps_logged(run_dir) >= at
-        assert f"interrupted after PPO update {saved.step} of {UPDATES}, saved as checkpoint-{saved.step}" in log.read_text()
+        assert (f"interrupted after {algorithm.upper()} update {saved.step} of {UPDATES}, saved as "
+                f"checkpoint-{saved.step}") in log.read_text()
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
         assert "Traceback" not in log.read_text()
     proc = _start("train", str(recipe_file), log=log)

@@ -50,6 +50,17 @@ def test_components_follow_the_recipe(tiny_recipe):
     assert _by_name(top)["LoRA weights, gradients, AdamW moments"] < _by_name(full)["LoRA weights, gradients, AdamW moments"]
 
 
+def test_rloo_and_grpo_plans_have_no_value_model_and_a_reference_copy():
+    ppo = _by_name(plan(load_recipe("smollm2-refusal-boundary", check_resources=False), available=24 * GiB, device="cpu"))
+    for name in ("smollm2-refusal-boundary-rloo", "smollm2-refusal-boundary-grpo"):
+        parts = _by_name(plan(load_recipe(name, check_resources=False), available=24 * GiB, device="cpu"))
+        assert "value base" not in parts and "reference adapter" in parts
+        assert parts["policy base"] == ppo["policy base"]
+        # The policy's LoRA alone: about half of policy + value (the value adapter also has a scalar head).
+        assert 0.45 < parts["LoRA weights, gradients, AdamW moments"] / ppo["LoRA weights, gradients, AdamW moments"] < 0.5
+        assert parts["activations"] < ppo["activations"]  # no value model's activations kept for backward
+
+
 def test_the_default_recipe_fits_this_class_of_machine():
     memory_plan = plan(load_recipe("smollm2-refusal-boundary", check_resources=False), available=24 * GiB, device="cpu")
     assert memory_plan.fits and 2 * GiB < memory_plan.total < 24 * GiB

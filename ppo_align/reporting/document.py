@@ -71,8 +71,8 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
     slug = slugify(run.name)
     for name, make, caption in (
         ("behaviour", lambda: plots.behaviour_vs_step(res),
-         "Over-refusal, under-refusal and hedging against PPO update, per eval set (bands: 95% intervals)."),
-        ("categories", lambda: plots.categories_vs_step(res), "Refusal rate per category against PPO update."),
+         "Over-refusal, under-refusal and hedging against training update, per eval set (bands: 95% intervals)."),
+        ("categories", lambda: plots.categories_vs_step(res), "Refusal rate per category against training update."),
         ("shift", lambda: plots.shift_by_category(res, target),
          f"Change in refusal per category, reference → {target}, with paired 95% intervals: "
          "PPO should move the ambiguous (boundary) categories most."),
@@ -82,7 +82,7 @@ def _run_sections(run: RunData, prefix: str) -> list[Section]:
          "refusing less, not telling safe from unsafe."),
         ("p-refuse", lambda: plots.p_refuse_distribution(res, target),
          f"Per-prompt P(refuse) over sampled responses, reference vs {target}: the distribution PPO re-weights."),
-        ("knowledge", lambda: plots.knowledge_vs_step(res), "Knowledge exact match against PPO update (should stay flat)."),
+        ("knowledge", lambda: plots.knowledge_vs_step(res), "Knowledge exact match against training update (should stay flat)."),
         ("reward-vs-judge", lambda: plots.reward_vs_judge(
             [run.step_of(t) for t in res.targets[1:]],
             [_reward_at(run, run.step_of(t)) for t in res.targets[1:]],
@@ -174,11 +174,12 @@ def headline_table(results: EvalResults, target: str) -> Table:
 
 
 def _comparison(runs: list[RunData]) -> Section:
-    headers = ["run", "reported", "boundary over-refusal", "refusal-set refusal", "knowledge EM", "claims passed"]
+    headers = ["run", "algorithm", "episodes/min", "reported", "boundary over-refusal", "refusal-set refusal",
+               "knowledge EM", "claims passed"]
     rows = []
     for run in runs:
         res, t = run.results, run.target
-        cells = [run.name, t]
+        cells = [run.name, run.algorithm, str(run.info.get("episodes_per_minute", "–")), t]
         for evalset, key in (("boundary", "over_refusal"), ("refusal", "refusal"), ("knowledge", "exact_match")):
             try:
                 ref, now = res.metric(res.targets[0], evalset)[key], res.metric(t, evalset)[key]
@@ -189,7 +190,8 @@ def _comparison(runs: list[RunData]) -> Section:
         cells.append(f"{verdicts.count(claims_mod.PASS)} of {sum(v != claims_mod.NOT_APPLICABLE for v in verdicts)}")
         rows.append(cells)
 
-    blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest).",
+    blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest); "
+                    "episodes/min is the RL stage's (behaviour checks and checkpoint writes included).",
                     Table(headers, rows), *_changes_across(runs)]
     tradeoff = plots.reward_kl_tradeoff({r.name: r.checkpoint_training() for r in runs})
     if tradeoff is not None:
@@ -236,7 +238,8 @@ def _training_section(runs: list[RunData]) -> Section:
     blocks = []
     curves = plots.training_curves({r.name: r.metrics for r in runs})
     if curves is not None:
-        blocks.append(Figure("training-curves", plots.to_png(curves), "PPO training curves from metrics.jsonl."))
+        blocks.append(Figure("training-curves", plots.to_png(curves),
+                             "Training curves from metrics.jsonl (value loss: PPO only)."))
     if len(runs) == 1:
         tradeoff = plots.reward_kl_tradeoff({runs[0].name: runs[0].checkpoint_training()})
         if tradeoff is not None:

@@ -164,7 +164,7 @@ def knowledge_vs_step(results: EvalResults) -> Figure | None:
 
 
 def training_curves(runs: dict[str, list[dict]]) -> Figure | None:
-    """Reward, KL, entropy and value loss per PPO update from metrics.jsonl; one line per run."""
+    """Reward, KL, entropy and value loss (PPO only) per update from metrics.jsonl; one line per run."""
     if not any(runs.values()):
         return None
     fig, axes = plt.subplots(1, len(TRAINING_CURVES), figsize=(4 * len(TRAINING_CURVES), 3), squeeze=False)
@@ -174,7 +174,7 @@ def training_curves(runs: dict[str, list[dict]]) -> Figure | None:
             if points:
                 ax.plot([s for s, _ in points], [v for _, v in points], lw=1.2, label=run)
         ax.set_title(name)
-        ax.set_xlabel("PPO update")
+        ax.set_xlabel("update")
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes[0][0].legend(fontsize=7)
@@ -213,7 +213,7 @@ def reward_vs_judge(steps: list[int], reward: list[float | None], judged: list[f
     fig, ax = plt.subplots(figsize=(6, 3.6))
     pts = [(s, r) for s, r in zip(steps, reward) if r is not None]
     ax.plot([s for s, _ in pts], [r for _, r in pts], color="#2c3e50", marker="o", label="training reward")
-    ax.set_xlabel("PPO update")
+    ax.set_xlabel("update")
     ax.set_ylabel("training reward", color="#2c3e50")
     right = ax.twinx()
     pts = [(s, j) for s, j in zip(steps, judged) if j is not None]
@@ -248,16 +248,16 @@ def _spans(changes: list[dict]) -> list[list[float]]:
 
 
 def _positions(results: EvalResults) -> tuple[dict[str, float], str]:
-    """Where each target sits on the x axis: its PPO update for a training run's checkpoints; its place in the
+    """Where each target sits on the x axis: its update for a training run's checkpoints; its place in the
     list for targets without one (`eval --model --adapter`: adapters from anywhere)."""
     steps = {t["name"]: t.get("step") for t in results.data["targets"]}
     if all(step is not None for step in steps.values()):
-        return steps, "PPO update"
+        return steps, "update"
     return {name: i for i, name in enumerate(steps)}, "target"
 
 
 def _target_ticks(ax, results: EvalResults) -> None:
-    """Name the targets on the x axis when they have no PPO update to stand for them."""
+    """Name the targets on the x axis when they have no update to stand for them."""
     if any(t.get("step") is None for t in results.data["targets"]):
         ax.set_xticks(range(len(results.targets)), results.targets, rotation=20, fontsize=7, ha="right")
 

@@ -37,6 +37,11 @@ class RunData:
 
         return ((yaml.safe_load(recipe) or {}).get("ppo") or {}).get("max_kl")
 
+    @property
+    def algorithm(self) -> str:
+        """The RL algorithm that trained the run (runs from before RLOO and GRPO existed were PPO)."""
+        return self.info.get("algorithm", "ppo") if self.run_dir else "–"
+
     def claims(self) -> list[claims_mod.Claim]:
         return claims_mod.check_claims(self.results, self.target, self.metrics, self.max_kl)
 

@@ -259,6 +259,7 @@ def _now() -> str:
 def _run_info(recipe: Recipe, start_from) -> dict:
     return {
         "name": recipe.name,
+        "algorithm": recipe.algorithm,
         "started": _now(),
         "resumed_from": start_from.path.name if start_from else None,
         "versions": provenance.versions(),
