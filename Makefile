@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/ppo_memory.py
 	$(BIN)/python benchmarks/ppo_memory.py --random-init 1b --updates 1 --set ppo.per_device_train_batch_size=4 \
 		--set ppo.gradient_accumulation_steps=2 --set ppo.num_mini_batches=1 --set ppo.local_rollout_forward_batch_size=8
+	$(BIN)/python benchmarks/algorithms.py
 
 # Drift check (not part of `make test`): the newest versions pyproject.toml allows, in a scratch
 # environment, against the fast tier and the no-host test. Prints what moved from the lock and whether
