@@ -148,7 +148,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
     force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel training in this many processes (accelerate launch on GPUs, torchrun on CPU; tested with PPO)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (accelerate launch on GPUs, torchrun on CPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Another seed for the whole run (warm start, prompt order, sampling, initialisation): sets ppo.seed and, unless output.name is set, names the run NAME-seedN."),
 ) -> None:
     """Train: warm start and reward model (if the recipe has them), reward audit, then PPO (or RLOO / GRPO).
@@ -173,6 +173,10 @@ def train(
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other; fix: pass one of them")
     if num_processes > 1:
+        algorithm = load_recipe(recipe, overrides, check_resources=False).algorithm
+        if algorithm != "ppo":  # refused before any process starts (train() refuses a launch from elsewhere too)
+            raise UserError(f"--num-processes {num_processes}: algorithm = {algorithm!r} trains in one process so far "
+                            "(several are supported for PPO only); fix: drop --num-processes, or use algorithm: ppo")
         raise typer.Exit(processes.relaunch_in_processes(num_processes, sys.argv[1:]))
     mode = "resume" if resume else "fresh" if fresh else "auto"
     result = run_training(load_recipe(recipe, overrides), resume=mode, force=force)

@@ -267,3 +267,13 @@ def test_a_reward_model_drives_a_group_run(group_recipe, tiny_model_dir, tmp_pat
     assert len(metrics) == 1 and metrics[0]["reward_std"] > 0
     samples = _read_jsonl(result.dir / "samples.jsonl")
     assert len(samples) == 4 and len({s["reward"] for s in samples}) > 1
+
+
+def test_several_processes_are_refused_for_group_algorithms(group_recipe, tmp_path, run_cli):
+    import yaml
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({**group_recipe, "algorithm": "grpo"}))
+    code, _, err = run_cli("train", str(path), "--num-processes", "2")
+    assert code == 2 and "--num-processes 2: algorithm = 'grpo' trains in one process so far" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()

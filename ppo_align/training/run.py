@@ -69,6 +69,10 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
 
     # One process, or one of several (accelerate launch, torchrun): all train, the main one writes the run files.
     processes = process_state()
+    if processes.num_processes > 1 and recipe.algorithm != "ppo":
+        # TRL's group trainers size their generation batch across processes; the prompt order here is sized for one.
+        raise UserError(f"algorithm = {recipe.algorithm!r}: training in several processes is supported for PPO only so "
+                        "far; fix: train in one process, or use algorithm: ppo")
     main = processes.is_main_process
     if not main:  # one voice in the log: the other processes only report problems
         logging.getLogger("ppo_align").setLevel(logging.WARNING)
