@@ -22,7 +22,6 @@ equals the base), so "ref" is the same anchor the PPO path uses.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -37,18 +36,15 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ppo_align import checkpoints, models, tracking
 from ppo_align.chat import left_pad
-from ppo_align.errors import Interrupted, TrainingStopped, UserError
+from ppo_align.errors import UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
 from ppo_align.training.loop import (
     GroupedSampler,
-    NonFiniteReward,
     OnlineRun,
-    StopRule,
     UpdateClock,
     check_finite,
     require_one_batch,
-    stop_after_update_on_signal,
 )
 from ppo_align.training.monitor import Monitor
 from ppo_align.training.prompts import PromptSet
@@ -181,8 +177,8 @@ class RunCallback(TrainerCallback):
         run = self.run
         self.fingerprint = run.warn_if_unchanged(state.global_step, self.fingerprint)
         self.stop_signal = run.agree_on_stop(self.stop_signal)
-        due = state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
-        control.should_save = due or self.stop_signal is not None  # saved after on_log has logged the update
+        # Saved after on_log has logged the update.
+        control.should_save = run.save_due(state.global_step, state.max_steps) or self.stop_signal is not None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "reward" not in (logs or {}):
@@ -298,9 +294,7 @@ class GroupRun(OnlineRun):
         """Called by the Trainer when RunCallback asked for a save: the behaviour check, an atomic checkpoint, then
         the stop rules and a pending Ctrl-C."""
         trainer, state = self.trainer, self.trainer.state
-        stop_signal = self.callback.stop_signal
-        due = state.global_step % self.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
-        check = self.check_behaviour(state.global_step) if due else None
+        check = self.check_behaviour(state.global_step) if self.save_due(state.global_step, state.max_steps) else None
 
         def write(directory: Path) -> None:
             state_dir = directory / checkpoints.STATE_DIR
@@ -316,12 +310,7 @@ class GroupRun(OnlineRun):
             "total_updates": state.max_steps, "rollout_batch_size": self.recipe.rollout_batch_size,
             "algorithm": self.recipe.algorithm, "digest": self.weights_digest(self.policy),
             "monitor": check.to_dict() if check else None}, write)
-        if stop_signal is not None:
-            raise Interrupted(f"interrupted after {self.update_name} {state.global_step} of {state.max_steps}, saved "
-                              f"as {ckpt.path.name}; run the same train command again to resume", stop_signal)
-        if check is not None and check.floor_broken and self.recipe.monitor.stop_below_floor:
-            raise StopRule(f"stopped by monitor rule at {self.update_name} {state.global_step}: "
-                           f"{'; '.join(check.violations)}")
+        self.stop_after_save(ckpt, check, self.callback.stop_signal, state.max_steps)
         return ckpt
 
     def load_policy(self, ckpt_dir: Path) -> None:
@@ -339,23 +328,11 @@ class GroupRun(OnlineRun):
         if done >= total:
             log.info("nothing to do: %s already reached %d of %d updates", resume_from.path.name, done, total)
             return
-        gc.collect()
-        gc.freeze()  # as for PPO: the Trainer's collections stay cheap with the models' objects out of reach
-        try:
-            if self.monitor is not None and done == 0:
-                self.check_behaviour(0)  # the starting point (the reference) on the same prompts
-            state_dir = _readable_state(resume_from) if resume_from else None
-            with stop_after_update_on_signal(self.callback):
-                self.trainer.train(resume_from_checkpoint=state_dir)
-        except StopRule as stop:
-            self.stopped_by = str(stop)
-            log.warning("%s", stop)
-        except NonFiniteReward as exc:
-            step = self.trainer.state.global_step + 1
-            raise TrainingStopped(self.stop_message(step, str(exc), "make the reward return finite numbers")) from None
-        finally:
-            gc.unfreeze()
-            self.trackers.close()
+
+        def train_from_checkpoint() -> None:  # the Trainer restores weights, optimizer, scheduler and RNG itself
+            self.trainer.train(resume_from_checkpoint=_readable_state(resume_from) if resume_from else None)
+
+        self.run_trainer(train_from_checkpoint, from_start=done == 0)
 
 
 

@@ -21,7 +21,6 @@ the policy. We add, without copying its loop:
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -42,18 +41,15 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from ppo_align import checkpoints, models, tracking
-from ppo_align.errors import Interrupted, TrainingStopped, UserError
+from ppo_align.errors import UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
 from ppo_align.training.loop import (
     GroupedSampler,
-    NonFiniteReward,
     OnlineRun,
-    StopRule,
     UpdateClock,
     check_finite,
     require_one_batch,
-    stop_after_update_on_signal,
 )
 from ppo_align.training.monitor import Check, Monitor
 from ppo_align.training.prompts import PromptSet
@@ -190,16 +186,11 @@ class RunCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         run = self.run
         self.fingerprint = run.warn_if_unchanged(state.global_step, self.fingerprint)
-        due = state.global_step % run.recipe.ppo.save_steps == 0 or state.global_step >= state.max_steps
+        due = run.save_due(state.global_step, state.max_steps)
         self.stop_signal = run.agree_on_stop(self.stop_signal)
         if due or self.stop_signal is not None:
             check = run.check_behaviour(state.global_step) if due else None
-            ckpt = run.save(state, check)
-            if self.stop_signal is not None:
-                raise Interrupted(f"interrupted after PPO update {state.global_step} of {state.max_steps}, saved as "
-                                  f"{ckpt.path.name}; run the same train command again to resume", self.stop_signal)
-            if check is not None and check.floor_broken and run.recipe.monitor.stop_below_floor:
-                raise StopRule(f"stopped by monitor rule at PPO update {state.global_step}: {'; '.join(check.violations)}")
+            run.stop_after_save(run.save(state, check), check, self.stop_signal, state.max_steps)
         self.clock.lap()
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -329,22 +320,7 @@ class PPORun(OnlineRun):
             self.sampler.seek(done * self.trainer.accelerator.num_processes, self.trainer.local_dataloader_batch_size)
             self.callback.restore = {"global_step": done, "episode": done * self.trainer.args.batch_size, "max_steps": total}
             self.trainer.args.num_total_batches = total - done  # TRL loops `for update in range(1, num_total_batches + 1)`
-        # TRL runs gc.collect() twice per update; with the models' many long-lived objects moved to the
-        # permanent generation those collections become cheap (measured: ~70% of a tiny model's update time).
-        gc.collect()
-        gc.freeze()
         try:
-            if self.monitor is not None and done == 0:
-                self.check_behaviour(0)  # the starting point (the reference) on the same prompts
-            with stop_after_update_on_signal(self.callback):
-                self.trainer.train()
-        except StopRule as stop:
-            self.stopped_by = str(stop)
-            log.warning("%s", stop)
-        except NonFiniteReward as exc:
-            step = self.trainer.state.global_step + 1
-            raise TrainingStopped(self.stop_message(step, str(exc), "make the reward return finite numbers")) from None
+            self.run_trainer(self.trainer.train, from_start=done == 0)
         finally:
-            gc.unfreeze()
             self.trainer.args.num_total_batches = total
-            self.trackers.close()
