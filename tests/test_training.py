@@ -47,6 +47,42 @@ def test_two_updates_write_the_run_layout(tiny_recipe):
     assert json.loads((ckpt / "progress.json").read_text())["step"] == 2
 
 
+def test_ppo_passes_compute_only_the_response_logits_and_the_same_values(tiny_recipe, monkeypatch):
+    """The reference and training passes ask the head for the response positions only, and every position TRL
+    reads equals what TRL's own full-width pass computes (fails if the window is off by one)."""
+    from trl.experimental.ppo import ppo_trainer
+
+    from ppo_align.training import ppo
+
+    calls, head_positions = [], []
+
+    def watch_the_head(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and module.out_features > 1000:  # the head: vocabulary-wide
+            head_positions.append(inputs[0].shape[1])
+
+    def checked(model, query_responses, pad_token_id):
+        head_positions.clear()
+        hook = torch.nn.modules.module.register_module_forward_hook(watch_the_head)
+        try:
+            output = ppo._forward(model, query_responses, pad_token_id)
+        finally:
+            hook.remove()
+        policy_output = output[0] if isinstance(output, tuple) else output
+        context = ppo._policy_of(model).__dict__[ppo._CONTEXT_LENGTH]
+        with torch.no_grad():
+            full = ppo._trl_forward(model, query_responses, pad_token_id)
+        full = full[0] if isinstance(full, tuple) else full
+        read = slice(context - 1, -1)
+        assert torch.equal(policy_output.logits[:, read], full.logits[:, read])
+        calls.append((list(head_positions), query_responses.shape[1] - context + 1))
+        return output
+
+    monkeypatch.setattr(ppo_trainer, "forward", checked)
+    train(load_recipe(tiny_recipe), progress=False)
+    assert len(calls) >= 4  # per update: one reference pass and one training pass per micro-batch
+    assert all(positions == [response_and_one] for positions, response_and_one in calls), calls
+
+
 def test_samples_of_a_prompt_share_a_rollout_batch(tiny_recipe):
     result = train(load_recipe(tiny_recipe), progress=False)
     samples = _read_jsonl(result.dir / "samples.jsonl")

@@ -39,6 +39,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 # on every import tells users nothing they can act on.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from trl.experimental.ppo import ppo_trainer as _trl_ppo  # noqa: E402
 
 from ppo_align import checkpoints, models, tracking
 from ppo_align.errors import UserError
@@ -152,6 +153,52 @@ class TRLRewardModule(nn.Module):
     def drain(self) -> list[dict]:
         records, self.records = self.records, []
         return records
+
+
+# TRL's PPO runs its reference and training passes through one module-level ``forward`` and reads
+# ``logits[:, context_length - 1 : -1]``: the response positions. Its language-model head still projects
+# every prompt position too (about 50 of 74 at the default shape) onto the 49k-token vocabulary, forward
+# and backward. The two replacements below record the rollout's context length when TRL generates, ask
+# the model for the positions TRL reads only (``logits_to_keep``), and put them where TRL reads them.
+# The values are the same bit for bit (tested): the head projects each position on its own.
+_CONTEXT_LENGTH = "_ppo_align_context_length"
+_trl_batch_generation, _trl_forward = _trl_ppo.batch_generation, _trl_ppo.forward
+
+
+def _batch_generation(model, queries, *args, **kwargs):
+    setattr(model, _CONTEXT_LENGTH, queries.shape[1])  # model: the policy, which the passes below also use
+    return _trl_batch_generation(model, queries, *args, **kwargs)
+
+
+def _policy_of(model):
+    """The policy inside TRL's policy + value wrapper (training passes), or the policy itself (reference passes)."""
+    return model.policy if isinstance(getattr(model, "policy", None), nn.Module) else model
+
+
+def _forward(model, query_responses, pad_token_id):
+    context = _policy_of(model).__dict__.get(_CONTEXT_LENGTH)
+    if context is None or context >= query_responses.shape[1]:
+        return _trl_forward(model, query_responses, pad_token_id)
+    keep = query_responses.shape[1] - context + 1  # the last prompt position predicts the first response token
+    attention_mask = query_responses != pad_token_id
+    output = model(
+        input_ids=torch.masked_fill(query_responses, ~attention_mask, 0),
+        attention_mask=attention_mask,
+        position_ids=attention_mask.cumsum(1) - attention_mask.long(),
+        return_dict=True,
+        output_hidden_states=True,
+        logits_to_keep=keep,
+    )
+    policy_output = output[0] if isinstance(output, tuple) else output  # the policy + value wrapper returns a pair
+    kept = policy_output.logits
+    # The prompt positions stay unwritten (TRL never reads them): an empty tensor commits no memory there.
+    logits = kept.new_empty(kept.shape[0], query_responses.shape[1], kept.shape[2])
+    logits[:, -keep:] = kept
+    policy_output.logits = logits
+    return output
+
+
+_trl_ppo.batch_generation, _trl_ppo.forward = _batch_generation, _forward
 
 
 SCHEDULER_FILE = "scheduler.json"
