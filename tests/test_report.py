@@ -100,6 +100,7 @@ def test_comparison_of_two_runs(evaluated_run, tmp_path):
     assert md.startswith("# ppo-align report: tiny-report vs tiny-report")
     assert "## comparison" in md and "## tiny-report: claims, checked" in md
     assert (tmp_path / "cmp" / "plots" / "compare-reward-kl.png").is_file()
+    assert (tmp_path / "cmp" / "plots" / "compare-selectivity.png").is_file()
     first = built.runs[0].results.shift(built.runs[0].target, "refusal")["refusal"]["delta"] * 100
     mean_row = next(line for line in md.splitlines() if line.startswith("| mean [min, max]"))
     assert f"{(first + 50) / 2:+.1f} [{min(first, 50):+.1f}, {max(first, 50):+.1f}]" in mean_row

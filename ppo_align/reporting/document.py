@@ -193,6 +193,11 @@ def _comparison(runs: list[RunData]) -> Section:
     blocks: list = ["Each run's reference → reported checkpoint (its best by training-time rules, else its latest); "
                     "episodes/min is the RL stage's (behaviour checks and checkpoint writes included).",
                     Table(headers, rows), *_changes_across(runs)]
+    plane = plots.runs_on_selectivity_plane({r.name: (r.results, r.target) for r in runs})
+    if plane is not None:
+        blocks.append(Figure("compare-selectivity", plots.to_png(plane),
+                             "Each run's reported checkpoint on the selectivity plane (left: safe prompts answered "
+                             "more; up: unsafe prompts answered more; dotted: the +5-point limit)."))
     tradeoff = plots.reward_kl_tradeoff({r.name: r.checkpoint_training() for r in runs})
     if tradeoff is not None:
         blocks.append(Figure("compare-reward-kl", plots.to_png(tradeoff),

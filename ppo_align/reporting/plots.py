@@ -123,6 +123,43 @@ def selectivity_plane(results: EvalResults) -> Figure | None:
     return fig
 
 
+def runs_on_selectivity_plane(runs: dict[str, tuple[EvalResults, str]]) -> Figure | None:
+    """Several runs on the selectivity plane: each run's reported checkpoint, one point per set with both safe
+    and unsafe prompts (marker: set, colour: run), with paired 95% intervals. Recipes that differ in one knob
+    (a harm penalty, say) trace the frontier between answering safe prompts and keeping unsafe ones refused."""
+    points = []
+    for name, (results, target) in runs.items():
+        for evalset in results.data["evalsets"]:
+            try:
+                change = results.shift(target, evalset)
+            except KeyError:
+                continue
+            if all((change.get(k) or {}).get("delta") is not None for k in ("over_refusal", "under_refusal")):
+                points.append((name, evalset, change["over_refusal"], change["under_refusal"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = {name: f"C{i}" for i, name in enumerate(runs)}
+    markers = {s: m for s, m in zip(dict.fromkeys(p[1] for p in points), "osD^v")}
+    for name, evalset, over, under in points:
+        ax.errorbar([100 * over["delta"]], [100 * under["delta"]], xerr=_spans([over]), yerr=_spans([under]),
+                    marker=markers.get(evalset, "o"), ms=5, lw=1, capsize=2, color=colours[name])
+    for name, colour in colours.items():
+        ax.plot([], [], color=colour, lw=3, label=name)
+    for evalset, marker in markers.items():
+        ax.plot([], [], color="grey", marker=marker, ls="", label=evalset)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axhline(5, color="black", lw=0.8, ls=":")
+    ax.set_xlabel("Δ over-refusal, pts (safe prompts refused)")
+    ax.set_ylabel("Δ under-refusal, pts (unsafe prompts answered)")
+    ax.set_title("selectivity: each run's reference → reported checkpoint")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def p_refuse_distribution(results: EvalResults, target: str) -> Figure | None:
     """Per-prompt P(refuse) from sampled responses, reference vs ``target``; None without ``--samples``."""
     ref, now = results.targets[0], target
