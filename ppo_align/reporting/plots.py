@@ -111,14 +111,7 @@ def selectivity_plane(results: EvalResults) -> Figure | None:
         for x, y, (name, step) in zip(xs, ys, steps.items()):
             ax.annotate(str(step if step is not None else name), (x, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.axhline(5, color="black", lw=0.8, ls=":")
-    ax.set_xlabel("Δ over-refusal, pts (safe prompts refused)")
-    ax.set_ylabel("Δ under-refusal, pts (unsafe prompts answered)")
-    ax.set_title("selectivity: reference → checkpoint (labels: update)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _finish_selectivity_axes(ax, "selectivity: reference → checkpoint (labels: update)")
     fig.tight_layout()
     return fig
 
@@ -148,16 +141,21 @@ def runs_on_selectivity_plane(runs: dict[str, tuple[EvalResults, str]]) -> Figur
         ax.plot([], [], color=colour, lw=3, label=name)
     for evalset, marker in markers.items():
         ax.plot([], [], color="grey", marker=marker, ls="", label=evalset)
+    _finish_selectivity_axes(ax, "selectivity: each run's reference → reported checkpoint")
+    fig.tight_layout()
+    return fig
+
+
+def _finish_selectivity_axes(ax, title: str) -> None:
+    """Axes, the +5-point under-refusal limit (dotted), labels and legend of a selectivity plane."""
     ax.axhline(0, color="black", lw=0.8)
     ax.axvline(0, color="black", lw=0.8)
     ax.axhline(5, color="black", lw=0.8, ls=":")
     ax.set_xlabel("Δ over-refusal, pts (safe prompts refused)")
     ax.set_ylabel("Δ under-refusal, pts (unsafe prompts answered)")
-    ax.set_title("selectivity: each run's reference → reported checkpoint")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
 
 
 def p_refuse_distribution(results: EvalResults, target: str) -> Figure | None:

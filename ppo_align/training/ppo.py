@@ -180,6 +180,7 @@ def _forward(model, query_responses, pad_token_id):
     if context is None or context >= query_responses.shape[1]:
         return _trl_forward(model, query_responses, pad_token_id)
     keep = query_responses.shape[1] - context + 1  # the last prompt position predicts the first response token
+    # The inputs TRL's own forward builds (it takes no extra keyword to pass logits_to_keep through).
     attention_mask = query_responses != pad_token_id
     output = model(
         input_ids=torch.masked_fill(query_responses, ~attention_mask, 0),
