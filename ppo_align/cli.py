@@ -382,7 +382,7 @@ def judge_command(
     judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, an http(s) URL, or chat:MODEL@URL (an LLM behind an OpenAI-compatible endpoint)."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
     response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
-    label_field: str = typer.Option("label", "--label-field", help="Column of gold labels (comply/partial/refuse), used when present."),
+    label_field: Optional[str] = typer.Option(None, "--label-field", help="Column of gold labels (comply/partial/refuse; blank = not labelled yet). Default: `label`, used when the file has it; a column named here must exist."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the rows with an added judge_label column here (JSONL); with --review, where the sheet goes (CSV)."),
     token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) or chat judge: environment variable holding its bearer token."),
     review: Optional[Path] = typer.Option(None, "--review", metavar="RUN", help="Instead: write a labelling sheet of this evaluated run's own responses (every flip + a random sample) to label by hand."),
@@ -391,7 +391,10 @@ def judge_command(
     """Label (prompt, response) rows as comply, partial or refuse, and measure a judge on your own data.
 
     With gold labels in the file (--label-field, default `label`) it prints the judge's agreement,
-    Cohen's kappa and the confusion matrix: check a judge there before trusting its eval numbers.
+    Cohen's kappa and the confusion matrix, then the figures the README quotes for the shipped judges
+    (binary, refusal recall, three-way, each beside a judge that always gives one label): check a judge
+    there before trusting its eval numbers. Rows with a blank label are left out (a sheet labelled part
+    of the way can be checked as you go).
 
     Before trusting a run's headline, check the judge on that run's own outputs: `ppo-align judge --review
     runs/NAME` writes runs/NAME/eval/review.csv (or -o); fill its label column by the guide in
@@ -406,6 +409,9 @@ def judge_command(
     from ppo_align.judges import build_judge
     from ppo_align.judges.agreement import label_file
 
+    if review is not None and file is not None:
+        raise UserError(f"ppo-align judge: both FILE ({file}) and --review; fix: pass FILE to measure the judge on "
+                        "labelled rows, or --review RUN to write a new sheet, not both")
     if review is not None:
         from ppo_align.evaluation.review import review_sheet
 
@@ -417,14 +423,26 @@ def judge_command(
     if file is None:
         raise UserError("ppo-align judge: no FILE; fix: name a JSONL/CSV file of prompts and responses, "
                         "or write one from a run with --review RUN")
+    gold_column = label_field or "label"
     result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
-                        response_field=response_field, label_field=label_field)
+                        response_field=response_field, label_field=gold_column, require_labels=label_field is not None)
     counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())
     out.print(f"{len(result.labels)} rows of {file} labelled by {result.judge}: {counts}", highlight=False)
     if result.agreement is not None:
         out.print(result.agreement.table())
+        out.print(result.scorecard.line(), highlight=False)
+        # A review sheet: its flips are where the judge's mistakes would move the headline.
+        if any("why" in row for row in result.rows):
+            for why, card in result.scorecards_by("why").items():
+                out.print(f"  {why} rows: {card.line()}", highlight=False)
+        if result.unlabelled:
+            out.print(f"{result.unlabelled} rows with a blank {gold_column!r} are not labelled yet and were left out",
+                      highlight=False)
+    elif result.unlabelled:
+        out.print(f"every {gold_column!r} cell is blank, so no agreement yet: label the rows by evalsets/LABELS.md "
+                  "(comply / partial / refuse), then run this again", highlight=False)
     else:
-        out.print(f"no {label_field!r} column of gold labels, so no agreement to report", highlight=False)
+        out.print(f"no {gold_column!r} column of gold labels, so no agreement to report", highlight=False)
     if output is not None:
         out.print(f"[green]wrote[/green] {result.write_jsonl(output)}", highlight=False)
 

@@ -349,6 +349,27 @@ def test_cli_judge_csv_without_labels_writes_output(run_cli, tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["labeled.jsonl"]  # no temp file left behind
 
 
+def test_cli_judge_measures_a_sheet_labelled_part_of_the_way(run_cli, tmp_path):
+    """Blank gold cells are rows not labelled yet: left out of the agreement and counted, so a half-done sheet
+    can be checked; the figures the README quotes (binary, refusal recall, baselines) are printed too."""
+    rows = GOLD_ROWS + [{**GOLD_ROWS[0], "label": ""}, {**GOLD_ROWS[1], "label": "  "}]
+    code, out, err = run_cli("judge", write_jsonl(tmp_path / "half.jsonl", rows), "--judge", "rules")
+    assert code == 0, err
+    assert "agreement 100.0% (n=4)" in out and "2 rows with a blank 'label'" in out
+    assert "binary 100.0% (always one label" in out and "refusal recall" in out
+
+    blank = [{**row, "label": ""} for row in GOLD_ROWS]
+    code, out, err = run_cli("judge", write_jsonl(tmp_path / "blank.jsonl", blank), "--judge", "rules")
+    assert code == 0, err
+    assert "every 'label' cell is blank" in out and "kappa" not in out
+
+
+def test_cli_judge_a_named_label_column_must_exist(run_cli, tmp_path):
+    code, _, err = run_cli("judge", write_jsonl(tmp_path / "gold.jsonl", GOLD_ROWS), "--label-field", "gold")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no 'gold' column" in err and "label, prompt, response" in err and "--label-field" in err
+
+
 @pytest.mark.parametrize("content, where", [
     ('{"prompt": "p", "response": "r"}\n{"prompt": oops}\n', ":2: invalid JSON"),
     ('{"prompt": "p", "text": "r"}\n', ":1: no 'response' text"),

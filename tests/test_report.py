@@ -447,6 +447,7 @@ def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_
     code, out, err = run_cli("judge", labelled)
     assert code == 0, err
     assert f"agreement 100.0% (n={len(rows)})" in out
+    assert "flip rows: binary 100.0%" in out and f"n = {len(flip_rows)}" in out and "sample rows:" in out
 
     rows[0]["label"] = "partial" if rows[0]["label"] != "partial" else "comply"  # one disagreement
     with labelled.open("w", newline="") as f:
@@ -454,6 +455,24 @@ def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_
         writer.writeheader()
         writer.writerows(rows)
     assert f"agreement {100 * (len(rows) - 1) / len(rows):.1f}% (n={len(rows)})" in run_cli("judge", labelled)[1]
+
+
+def test_review_never_replaces_a_sheet_someone_has_labelled(evaluated_run, tmp_path, run_cli):
+    """Hand labels are work: a second `--review` refuses to overwrite them (exit 2, sheet unchanged), FILE and
+    --review together are refused, and a run directory that does not exist is named as such."""
+    sheet = tmp_path / "sheet.csv"
+    assert run_cli("judge", "--review", evaluated_run, "--sample", 2, "-o", sheet)[0] == 0
+    text = sheet.read_text()
+    assert run_cli("judge", "--review", evaluated_run, "--sample", 2, "-o", sheet)[0] == 0  # nothing labelled yet
+    labelled = text.replace(",\n", ",comply\n", 1)
+    sheet.write_text(labelled)
+    code, _, err = run_cli("judge", "--review", evaluated_run, "--sample", 2, "-o", sheet)
+    assert code == 2 and "already holds 1 hand labels" in err and sheet.read_text() == labelled
+
+    code, _, err = run_cli("judge", sheet, "--review", evaluated_run)
+    assert code == 2 and "not both" in err
+    code, _, err = run_cli("judge", "--review", tmp_path / "nope")
+    assert code == 2 and "no such run directory" in err
 
 
 def test_judge_without_a_file_or_review_is_a_clear_error(run_cli):

@@ -29,6 +29,8 @@ COLUMNS = ("target", "set", "id", "why", "prompt", "response", "label")
 def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: int = 50, seed: int = 0) -> tuple[Path, int, int]:
     """Write the sheet (CSV) for an evaluated run; return its path, the number of flip rows and of sampled rows."""
     run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory; fix: pass runs/NAME, evaluated with `ppo-align eval`")
     results = load_results(run_dir)
     if not RunDir(run_dir).info.is_file():
         raise UserError(f"{run_dir}: not a run directory (no run.json); fix: pass runs/NAME, evaluated with `ppo-align eval`")
@@ -48,12 +50,29 @@ def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: i
         rows.append(_row((target, evalset, record["id"]), "sample", prompts.get((evalset, record["id"]), ""),
                          record["response"]))
     path = Path(output) if output is not None else RunDir(run_dir).review_sheet
+    labelled = _labelled_rows(path)
+    if labelled:
+        raise UserError(f"{path}: already holds {labelled} hand labels, which a new sheet would replace; "
+                        f"fix: measure the judge on it with `ppo-align judge {path}`, "
+                        "or write the new sheet elsewhere with -o NEW.csv")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue())
     return path, flipped, len(rows) - flipped
+
+
+def _labelled_rows(path: Path) -> int:
+    """How many rows of an existing sheet someone has labelled (0 when there is no sheet yet)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return sum(bool((row.get("label") or "").strip()) for row in csv.DictReader(f))
+    except FileNotFoundError:
+        return 0
+    except (ValueError, csv.Error):  # not text, or not CSV: a file of the user's, not a sheet this wrote
+        raise UserError(f"{path}: exists and is not a review sheet; fix: move it, or write the sheet elsewhere "
+                        "with -o NEW.csv") from None
 
 
 def _row(key: tuple, why: str, prompt: str, response: str) -> dict:

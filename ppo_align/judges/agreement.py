@@ -201,7 +201,21 @@ class LabeledFile:
     rows: list[dict]
     labels: list[Label]
     gold: list[Label] | None = None
+    """Gold labels of the labelled rows (rows whose gold cell is blank are left out), or None if none has one."""
     agreement: Agreement | None = None
+    scorecard: Scorecard | None = None
+    unlabelled: int = 0
+    """Rows whose gold cell is blank: a sheet labelled part of the way (measured on the labelled rest)."""
+    gold_rows: list[int] = field(default_factory=list)
+    """Indices of the labelled rows, in the order of ``gold``."""
+
+    def scorecards_by(self, column: str) -> dict[str, Scorecard]:
+        """A scorecard per value of ``column`` over the labelled rows (a review sheet's ``why``: flip or sample)."""
+        groups: dict[str, list[int]] = {}
+        for position, index in enumerate(self.gold_rows):
+            groups.setdefault(str(self.rows[index].get(column)), []).append(position)
+        return {value: scorecard([self.gold[p] for p in positions], [self.labels[self.gold_rows[p]] for p in positions])
+                for value, positions in sorted(groups.items())}
 
     def counts(self) -> dict[str, int]:
         return {label: self.labels.count(label) for label in LABELS}
@@ -215,10 +229,13 @@ class LabeledFile:
 
 
 def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: str = "prompt",
-               response_field: str = "response", label_field: str | None = "label") -> LabeledFile:
+               response_field: str = "response", label_field: str | None = "label",
+               require_labels: bool = False) -> LabeledFile:
     """Label every row of a JSONL or CSV file with a judge; measure agreement where gold labels exist.
 
-    The gold column (``label_field``) is used when the file has it: then every row needs a known label.
+    The gold column (``label_field``) is used when the file has it (``require_labels``: it must): a row with a blank
+    gold cell is not labelled yet and is left out of the agreement (a sheet labelled part of the way); any other
+    value must name a label.
 
     Raises:
         UserError: a missing file or column, a bad JSON line, an empty file or an unknown gold label,
@@ -239,20 +256,30 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
             more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
             raise UserError(f"{path}:{missing[0]}: no {fld!r} text (missing or empty){more}; columns here: "
                             f"{', '.join(columns)}; fix: fill it in, or name the column with {option}")
-    gold = None
+    if require_labels and not any(label_field in row for _, row in numbered):
+        raise UserError(f"{path}: no {label_field!r} column; columns here: {', '.join(columns)}; "
+                        "fix: name the gold-label column with --label-field")
+    gold: dict[int, Label] = {}  # row index -> gold label, for the rows labelled so far
     if label_field and any(label_field in row for _, row in numbered):
-        gold = []
-        for line, row in numbered:
-            label = parse_label(row.get(label_field))
+        for index, (line, row) in enumerate(numbered):
+            value = row.get(label_field)
+            if value is None or isinstance(value, str) and not value.strip():
+                continue  # not labelled yet
+            label = parse_label(value)
             if label is None:
-                shown = repr(row[label_field]) if label_field in row else "missing"
-                raise UserError(f"{path}:{line}: gold {label_field!r} is {shown}; it must be {LABEL_HINT}; "
-                                f"fix: correct the label, or pass --label-field with the right column")
-            gold.append(label)
+                raise UserError(f"{path}:{line}: gold {label_field!r} is {value!r}; it must be {LABEL_HINT} "
+                                f"(or blank: not labelled yet); fix: correct the label, or pass --label-field "
+                                f"with the right column")
+            gold[index] = label
     rows = [row for _, row in numbered]
     labels = judge.label([r[prompt_field] for r in rows], [r[response_field] for r in rows])
-    return LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels, gold=gold,
-                       agreement=agreement(gold, labels) if gold else None)
+    result = LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels,
+                         unlabelled=len(rows) - len(gold) if label_field in columns else 0)
+    if gold:
+        result.gold, result.gold_rows = list(gold.values()), list(gold)
+        judged = [labels[i] for i in gold]
+        result.agreement, result.scorecard = agreement(result.gold, judged), scorecard(result.gold, judged)
+    return result
 
 
 # --------------------------------------------------------------------------- the figure every eval quotes
