@@ -428,7 +428,7 @@ def judge_command(
                         response_field=response_field, label_field=gold_column, require_labels=label_field is not None)
     counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())
     out.print(f"{len(result.labels)} rows of {file} labelled by {result.judge}: {counts}", highlight=False)
-    if result.agreement is not None:
+    if result.gold:
         out.print(result.agreement.table())
         out.print(result.scorecard.line(), highlight=False)
         # A review sheet: its flips are where the judge's mistakes would move the headline.

@@ -31,6 +31,12 @@ def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: i
     run_dir = Path(run)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; fix: pass runs/NAME, evaluated with `ppo-align eval`")
+    path = Path(output) if output is not None else RunDir(run_dir).review_sheet
+    labelled = _labelled_rows(path)  # before any work: a labelled sheet is never replaced
+    if labelled:
+        raise UserError(f"{path}: already holds {labelled} hand labels, which a new sheet would replace; "
+                        f"fix: measure the judge on it with `ppo-align judge {path}`, "
+                        "or write the new sheet elsewhere with -o NEW.csv")
     results = load_results(run_dir)
     if not RunDir(run_dir).info.is_file():
         raise UserError(f"{run_dir}: not a run directory (no run.json); fix: pass runs/NAME, evaluated with `ppo-align eval`")
@@ -49,12 +55,6 @@ def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: i
     for target, evalset, record in random.Random(seed).sample(others, min(sample, len(others))):
         rows.append(_row((target, evalset, record["id"]), "sample", prompts.get((evalset, record["id"]), ""),
                          record["response"]))
-    path = Path(output) if output is not None else RunDir(run_dir).review_sheet
-    labelled = _labelled_rows(path)
-    if labelled:
-        raise UserError(f"{path}: already holds {labelled} hand labels, which a new sheet would replace; "
-                        f"fix: measure the judge on it with `ppo-align judge {path}`, "
-                        "or write the new sheet elsewhere with -o NEW.csv")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -200,22 +200,26 @@ class LabeledFile:
     judge: str  # name@version
     rows: list[dict]
     labels: list[Label]
-    gold: list[Label] | None = None
-    """Gold labels of the labelled rows (rows whose gold cell is blank are left out), or None if none has one."""
-    agreement: Agreement | None = None
-    scorecard: Scorecard | None = None
+    gold: dict[int, Label] = field(default_factory=dict)
+    """Gold label by row index, for the rows labelled so far (a blank gold cell is a row not labelled yet)."""
     unlabelled: int = 0
-    """Rows whose gold cell is blank: a sheet labelled part of the way (measured on the labelled rest)."""
-    gold_rows: list[int] = field(default_factory=list)
-    """Indices of the labelled rows, in the order of ``gold``."""
+    """Rows of the gold column still blank: a sheet labelled part of the way is measured on the labelled rest."""
+
+    @property
+    def agreement(self) -> Agreement | None:
+        return agreement(list(self.gold.values()), [self.labels[i] for i in self.gold]) if self.gold else None
+
+    @property
+    def scorecard(self) -> Scorecard | None:
+        return scorecard(list(self.gold.values()), [self.labels[i] for i in self.gold]) if self.gold else None
 
     def scorecards_by(self, column: str) -> dict[str, Scorecard]:
         """A scorecard per value of ``column`` over the labelled rows (a review sheet's ``why``: flip or sample)."""
         groups: dict[str, list[int]] = {}
-        for position, index in enumerate(self.gold_rows):
-            groups.setdefault(str(self.rows[index].get(column)), []).append(position)
-        return {value: scorecard([self.gold[p] for p in positions], [self.labels[self.gold_rows[p]] for p in positions])
-                for value, positions in sorted(groups.items())}
+        for index in self.gold:
+            groups.setdefault(str(self.rows[index].get(column)), []).append(index)
+        return {value: scorecard([self.gold[i] for i in indices], [self.labels[i] for i in indices])
+                for value, indices in sorted(groups.items())}
 
     def counts(self) -> dict[str, int]:
         return {label: self.labels.count(label) for label in LABELS}
@@ -256,11 +260,12 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
             more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
             raise UserError(f"{path}:{missing[0]}: no {fld!r} text (missing or empty){more}; columns here: "
                             f"{', '.join(columns)}; fix: fill it in, or name the column with {option}")
-    if require_labels and not any(label_field in row for _, row in numbered):
+    has_gold = bool(label_field) and label_field in columns
+    if require_labels and not has_gold:
         raise UserError(f"{path}: no {label_field!r} column; columns here: {', '.join(columns)}; "
                         "fix: name the gold-label column with --label-field")
-    gold: dict[int, Label] = {}  # row index -> gold label, for the rows labelled so far
-    if label_field and any(label_field in row for _, row in numbered):
+    gold: dict[int, Label] = {}
+    if has_gold:
         for index, (line, row) in enumerate(numbered):
             value = row.get(label_field)
             if value is None or isinstance(value, str) and not value.strip():
@@ -273,13 +278,8 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
             gold[index] = label
     rows = [row for _, row in numbered]
     labels = judge.label([r[prompt_field] for r in rows], [r[response_field] for r in rows])
-    result = LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels,
-                         unlabelled=len(rows) - len(gold) if label_field in columns else 0)
-    if gold:
-        result.gold, result.gold_rows = list(gold.values()), list(gold)
-        judged = [labels[i] for i in gold]
-        result.agreement, result.scorecard = agreement(result.gold, judged), scorecard(result.gold, judged)
-    return result
+    return LabeledFile(path=path, judge=f"{judge.name}@{judge.version}", rows=rows, labels=labels, gold=gold,
+                       unlabelled=len(rows) - len(gold) if has_gold else 0)
 
 
 # --------------------------------------------------------------------------- the figure every eval quotes
