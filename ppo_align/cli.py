@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+# Typer parses the command line with its own copy of click; its usage errors are caught by class (typer is locked).
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
 from ppo_align import __version__, processes
 from ppo_align.errors import Interrupted, UserError
 
@@ -378,7 +381,7 @@ def export_command(
 
 @app.command("judge")
 def judge_command(
-    file: Optional[Path] = typer.Argument(None, help="JSONL or CSV file with a prompt and a response per row."),
+    file: Optional[Path] = typer.Argument(None, help="JSONL, CSV or TSV file with a prompt and a response per row."),
     judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, an http(s) URL, or chat:MODEL@URL (an LLM behind an OpenAI-compatible endpoint)."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="Column holding the prompt."),
     response_field: str = typer.Option("response", "--response-field", help="Column holding the response."),
@@ -455,7 +458,18 @@ def main() -> None:
     if debug:
         sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
-        app()
+        # Not standalone: click's usage errors reach the handler below as one line, not typer's boxed panel.
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError:
+        sys.exit(2)  # the help is already printed
+    except ClickException as exc:  # a usage error: an unknown option, a bad value, a missing argument
+        if debug:
+            raise
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "ppo-align"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        err.print(f"[bold red]error:[/bold red] {escape(command)}: {escape(message)}; fix: see `{escape(command)} --help`",
+                  highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         if debug:
             raise
@@ -483,6 +497,7 @@ def main() -> None:
         if debug:
             raise
         _generic_failure(exc)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as the return value
 
 
 # File-system failures (a full disk, a read-only or missing place) are the user's to fix, not bugs: exit 2 with a fix.

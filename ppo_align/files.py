@@ -80,10 +80,10 @@ def file_sha256(path: Path) -> str:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """The rows of a JSONL, JSON or CSV file as (line number, row) pairs; CSV by the ``.csv`` suffix, a JSON array
-    of objects by ``.json`` (numbered by position in the array), JSONL otherwise.
+    """The rows of a JSONL, JSON, CSV or TSV file as (line number, row) pairs; CSV by the ``.csv`` suffix, tab-separated
+    by ``.tsv``, a JSON array of objects by ``.json`` (numbered by position in the array), JSONL otherwise.
 
-    CSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
+    CSV and TSV cells that are empty are left out of their row, and an ``answers`` cell is split on ``|``.
 
     Raises:
         UserError: the file cannot be read, a JSONL line is not a JSON object, or there are no rows
@@ -95,9 +95,10 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); fix: save it as UTF-8 JSONL or CSV") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror}); fix: check the path") from None
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in (".csv", ".tsv"):
         rows = []
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold newlines
+        # Quoted cells may hold newlines.
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         start = 2
         for row in reader:
             if row.get("answers"):

@@ -32,6 +32,24 @@ def test_missing_file_is_one_line(run_cli):
     assert len(err.strip().splitlines()) == 1 and "nowhere.yaml" in err
 
 
+def test_command_line_mistakes_are_one_line_with_exit_2(run_cli):
+    """Typer's own parsing errors (unknown option or command, a bad value, a missing argument) read like ours:
+    one line naming the command, the problem and where help is, not a boxed panel."""
+    for args, problem in [(("train", "--bogus", "x"), "No such option: --bogus"),
+                          (("eval", "--limit", "abc"), "Invalid value for '--limit'"),
+                          (("train",), "Missing argument 'recipe'"),
+                          (("nosuch",), "No such command 'nosuch'")]:
+        code, out, err = run_cli(*args)
+        assert code == 2, args
+        assert len(err.strip().splitlines()) == 1 and problem in err and "--help" in err, err
+        assert "╭" not in err and "Usage:" not in err
+
+
+def test_help_and_version_still_exit_0(run_cli):
+    assert run_cli("eval", "--help")[0] == 0
+    assert run_cli("--version")[0] == 0
+
+
 def test_recipes_lists_shipped(run_cli):
     code, out, _ = run_cli("recipes")
     assert code == 0 and "smollm2-refusal-boundary" in out

@@ -247,6 +247,9 @@ def label_file(path: str | Path, judge: Judge | str = "rules", *, prompt_field: 
     """
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path}: a directory, not a file of rows; fix: name a JSONL or CSV file in it, or write a "
+                        "labelling sheet from an evaluated run with `ppo-align judge --review RUN`")
     if not path.is_file():
         raise UserError(f"{path}: no such file; fix: check the path")
     judge = build_judge(judge) if isinstance(judge, str) else judge
