@@ -5,16 +5,18 @@ Two kinds of passes over a loaded model:
 * :func:`generate` — responses for many prompts: prompts sorted by length and
   cut into batches (so little padding is wasted), left-padded, greedy by
   default, optionally several sampled responses per prompt with fixed seeds.
-* :func:`score` — teacher-forced log-probabilities of given continuations
-  (a response, a refusal opener, a knowledge answer), optionally with the
-  exact KL to the reference at every token, summed over the continuation, computed on the same
-  loaded model with its adapters switched off.
+  Each prompt's encoding is reused to score given continuations of it (refusal
+  and compliance openers, a knowledge answer), so those cost no second pass
+  over the prompt.
+* :func:`score` — teacher-forced log-probabilities of given continuations,
+  optionally with the exact KL to the reference at every token, summed over the
+  continuation, computed on the same loaded model with its adapters switched off.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ppo_align.chat import left_pad
@@ -47,6 +49,8 @@ class Generated:
     """Sampled responses (empty unless ``samples`` > 0)."""
     scored: "Scored | None" = None
     """The greedy response's log-prob, entropy and KL (with ``score_responses``)."""
+    continuation_logprobs: list[float] = field(default_factory=list)
+    """log P(continuation | prompt) for each of the prompt's ``continuations``, in their order."""
 
 
 @contextmanager
@@ -93,6 +97,7 @@ class Scored:
 
 def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSettings, *,
              score_responses: bool = False, with_reference: bool = False,
+             continuations: list[list[list[int]]] | None = None,
              progress: Progress | None = None) -> list[Generated]:
     """Responses to tokenized prompts, in the order given.
 
@@ -100,6 +105,10 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     (log-prob, entropy and, ``with_reference``, the exact KL to the reference), taken from
     the logits generation computes anyway: only the reference needs a teacher-forced pass,
     which runs right after each batch so the kept logits never outlive it.
+
+    ``continuations[i]`` lists token sequences to score after prompt ``i`` (none, one or several;
+    the results land in :attr:`Generated.continuation_logprobs`). They run on generation's own
+    key/value cache cut back to the prompt, so the prompt is encoded once for everything.
     """
     import torch
 
@@ -109,9 +118,16 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
     for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
         ids, mask = left_pad([prompts[i] for i in batch], pad_id)
+        wanted = [continuations[i] for i in batch] if continuations else None
         with torch.inference_mode():
             greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
-                                    output_logits=score_responses, **common)
+                                    output_logits=score_responses or bool(wanted), **common)
+            continued = None
+            if wanted and any(wanted):
+                cache = greedy.past_key_values
+                _cut_back(cache, ids.shape[1])  # to the prompts alone
+                continued = _continuation_logprobs(model, cache, torch.log_softmax(greedy.logits[0].float(), dim=-1),
+                                                   mask, wanted, pad_id)
             sampled = None
             if settings.samples:
                 # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
@@ -131,7 +147,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
                     tokens = _cut(sampled[row * settings.samples + s, width:].tolist(), stop_ids)
                     samples.append(tokenizer.decode(tokens, skip_special_tokens=True))
             out[index] = Generated(responses[row], tokenizer.decode(responses[row], skip_special_tokens=True),
-                                   samples, scores[row])
+                                   samples, scores[row], continued[row] if continued else [])
         if progress:
             progress(len(batch))
     return out  # type: ignore[return-value]
@@ -207,42 +223,43 @@ def score(model, tokenizer, prompts: list[list[int]], continuations: list[list[i
     return out  # type: ignore[return-value]
 
 
-def shared_continuation_logprobs(model, tokenizer, prompts: list[list[int]], continuations: list[list[int]], *,
-                                 batch_size: int = 64) -> list[list[float]]:
-    """log P(continuation | prompt) for every prompt and each of a few continuations shared by all prompts.
+def _continuation_logprobs(model, cache, first_logp, mask, wanted: list[list[list[int]]], pad_id: int) -> list[list[float]]:
+    """log P(continuation | prompt) for each row's continuations, run on ``cache`` (the rows' left-padded prompts).
 
-    Each prompt is encoded once; every continuation then runs on its key/value cache,
-    which is cut back to the prompt afterwards. For k continuations this costs one
-    prompt pass instead of k (the refusal margin scores four openers per prompt).
+    ``first_logp`` is the next-token distribution after each prompt (it scores every continuation's first
+    token). Round j scores every row's j-th continuation in one pass, right-padded to the longest; the
+    cache is cut back to the prompts after each round.
     """
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[list[float]] = [[] for _ in prompts]
-    for batch in _buckets([len(p) for p in prompts], batch_size):
-        ids, mask = left_pad([prompts[i] for i in batch], pad_id)
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        rows = len(batch)
-        with torch.inference_mode():
-            prefix = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-            cache, first = prefix.past_key_values, torch.log_softmax(prefix.logits[:, -1].float(), dim=-1)
-            for tokens in continuations:
-                total = first[:, tokens[0]].clone()
-                if len(tokens) > 1:
-                    inputs = torch.tensor(tokens[:-1]).expand(rows, -1)
-                    step = model(
-                        input_ids=inputs,
-                        attention_mask=torch.cat([mask, torch.ones(rows, len(tokens) - 1, dtype=mask.dtype)], dim=1),
-                        position_ids=position_ids[:, -1:] + 1 + torch.arange(len(tokens) - 1),
-                        past_key_values=cache, use_cache=True,
-                    )
-                    logp = torch.log_softmax(step.logits.float(), dim=-1)
-                    targets = torch.tensor(tokens[1:]).expand(rows, -1)
-                    total += logp.gather(-1, targets[..., None]).squeeze(-1).sum(-1)
-                    cache.crop(-(len(tokens) - 1))  # back to the prompt alone
-                for row, index in enumerate(batch):
-                    out[index].append(float(total[row]))
+    rows, width = mask.shape
+    position = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:] + 1  # where each prompt's continuation starts
+    out: list[list[float]] = [[] for _ in range(rows)]
+    for j in range(max(len(w) for w in wanted)):
+        tokens = [w[j] if j < len(w) else [] for w in wanted]
+        longest = max(len(t) for t in tokens)
+        if longest > 1:  # the first token is scored by first_logp; the rest need a pass
+            fed = [t[:-1] for t in tokens]  # a token's own log-prob comes from the position before it
+            inputs = torch.tensor([f + [pad_id] * (longest - 1 - len(f)) for f in fed])
+            valid = torch.tensor([[1] * len(f) + [0] * (longest - 1 - len(f)) for f in fed])
+            step = model(input_ids=inputs, attention_mask=torch.cat([mask, valid], dim=1),
+                         position_ids=position + torch.arange(longest - 1), past_key_values=cache, use_cache=True)
+            logp = torch.log_softmax(step.logits.float(), dim=-1)
+            _cut_back(cache, width)
+        for row, t in enumerate(tokens):
+            if t:
+                total = first_logp[row, t[0]]
+                if len(t) > 1:
+                    total = total + logp[row, torch.arange(len(t) - 1), torch.tensor(t[1:])].sum()
+                out[row].append(float(total))
     return out
+
+
+def _cut_back(cache, length: int) -> None:
+    """Drop the cache's positions after the first ``length`` (transformers crops by a negative count only)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
 
 
 def _tail_log_probs(model, ids, mask, tail: int):

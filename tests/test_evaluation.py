@@ -335,8 +335,10 @@ def test_damaged_results_file_is_refused(tiny_run, tmp_path):
         load_results(run)
 
 
-def test_shared_continuations_match_full_teacher_forcing(tiny_model_dir):
-    """The cached-prefix opener scores equal scoring each prompt + opener from scratch (4-bit, LoRA on)."""
+def test_continuations_on_the_generation_cache_match_full_teacher_forcing(tiny_model_dir):
+    """Continuations scored on generation's cache (several shared openers, one answer per row of its own length,
+    none for some rows) equal scoring each prompt + continuation from scratch (4-bit, LoRA on), and generation
+    itself is unchanged by them."""
     from peft import get_peft_model
 
     from ppo_align import inference, models
@@ -349,10 +351,15 @@ def test_shared_continuations_match_full_teacher_forcing(tiny_model_dir):
     model = get_peft_model(base, models.lora_config(Lora(r=4, alpha=8), "CAUSAL_LM", base)).eval()
     prompts = [encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS]
     openers = [tok(o, add_special_tokens=False)["input_ids"] for o in ("I'm sorry, but I can't", "Sure", "Certainly! Here")]
-    shared = inference.shared_continuation_logprobs(model, tok, prompts, openers, batch_size=4)
-    for j, opener in enumerate(openers):
-        full = inference.score(model, tok, prompts, [opener] * len(prompts), batch_size=3)
-        assert [s[j] for s in shared] == pytest.approx([f.logprob for f in full], abs=1e-3)
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in ("Paris", "The Pacific Ocean", "4")]
+    wanted = [openers if i % 3 == 0 else [answers[i % len(answers)]] if i % 3 == 1 else [] for i in range(len(prompts))]
+    settings = inference.GenerationSettings(max_new_tokens=8, batch_size=4)
+    generated = inference.generate(model, tok, prompts, settings, continuations=wanted)
+    for row, (g, w) in enumerate(zip(generated, wanted)):
+        assert len(g.continuation_logprobs) == len(w)
+        for tokens, got in zip(w, g.continuation_logprobs):
+            assert got == pytest.approx(inference.score(model, tok, [prompts[row]], [tokens])[0].logprob, abs=1e-3)
+    assert [g.text for g in generated] == [g.text for g in inference.generate(model, tok, prompts, settings)]
 
 
 def test_limit_spreads_over_categories_and_keeps_contrast_pairs():

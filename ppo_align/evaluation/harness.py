@@ -41,7 +41,6 @@ from ppo_align.evaluation.targets import (
     job_for_run,
 )
 from ppo_align.files import digest, write_json_atomic
-from ppo_align.inference import score, shared_continuation_logprobs
 from ppo_align.judges import build_judge
 from ppo_align.judges.agreement import agreement, binary, gold_scorecards
 from ppo_align.models import check_model_source, model_fingerprint
@@ -315,16 +314,20 @@ class _Session:
         items: list[EvalItem] = evalset.items
         prompts = [encode_chat(tok, self._messages(item.prompt)) for item in items]
         settings = self.job.settings
-        bar = self._progress(f"{target.name} · {evalset.name}", len(items) * 2)
+        bar = self._progress(f"{target.name} · {evalset.name}", len(items))
         context = inference.reference_mode(model) if target.adapter is None else nullcontext()
+        # Scored on each prompt's encoding during generation: refusal vs compliance openers (the margin) for
+        # behaviour prompts, the first accepted answer (knowledge measured without sampling) for questions.
+        openers = [tok(o, add_special_tokens=False)["input_ids"] for o in REFUSAL_OPENERS + COMPLIANCE_OPENERS]
+        continuations = [openers if item.expected != "answer" else
+                         [tok(item.answers[0], add_special_tokens=False)["input_ids"]] if item.answers else []
+                         for item in items]
         clock = self.phase_seconds = {}
-        with context:
-            with _timed(clock, "generate_and_score"):
-                generated = inference.generate(model, tok, prompts, settings, score_responses=True,
-                                               with_reference=target.adapter is not None, progress=bar)
-            with _timed(clock, "score_openers_and_answers"):
-                margins = self._margins(model, prompts, items, settings.batch_size, bar)
-                answers = self._answer_logprobs(model, prompts, items, settings.batch_size)
+        with context, _timed(clock, "generate_and_score"):
+            generated = inference.generate(model, tok, prompts, settings, score_responses=True,
+                                           with_reference=target.adapter is not None,
+                                           continuations=continuations, progress=bar)
+        k = len(REFUSAL_OPENERS)
         records = []
         for i, item in enumerate(items):
             record = {
@@ -332,13 +335,13 @@ class _Session:
                 "response": generated[i].text, "length": len(generated[i].response_ids),
                 "entropy": generated[i].scored.entropy,
                 "kl": generated[i].scored.kl if target.adapter is not None else 0.0,
-                "margin": margins.get(i),
+                "margin": _margin(generated[i].continuation_logprobs, k) if item.expected != "answer" else None,
             }
             if item.contrast_id:
                 record["contrast_id"] = item.contrast_id
             if item.expected == "answer":
                 record["correct"] = answer_matches(generated[i].text, item.answers or [])
-                record["answer_logprob"] = answers.get(i)
+                record["answer_logprob"] = generated[i].continuation_logprobs[0] if item.answers else None
             if generated[i].samples:
                 record["samples"] = generated[i].samples
             records.append(record)
@@ -347,28 +350,6 @@ class _Session:
     def _messages(self, prompt: str) -> list[dict]:
         system = [{"role": "system", "content": self.job.system_prompt}] if self.job.system_prompt else []
         return system + [{"role": "user", "content": prompt}]
-
-    def _margins(self, model, prompts, items, batch_size, bar) -> dict[int, float]:
-        """log P(refusal opener) − log P(compliance opener) for behaviour prompts (openers pooled by logsumexp)."""
-
-        which = [i for i, item in enumerate(items) if item.expected != "answer"]
-        openers = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in REFUSAL_OPENERS + COMPLIANCE_OPENERS]
-        scored = shared_continuation_logprobs(model, self.tokenizer, [prompts[i] for i in which], openers,
-                                              batch_size=batch_size) if which else []
-        if bar:
-            bar(len(items))
-        k = len(REFUSAL_OPENERS)
-        return {i: _logsumexp(v[:k]) - _logsumexp(v[k:]) for i, v in zip(which, scored)}
-
-    def _answer_logprobs(self, model, prompts, items, batch_size) -> dict[int, float]:
-        """log P(first accepted answer | prompt) of knowledge questions: knowledge measured without sampling."""
-
-        which = [i for i, item in enumerate(items) if item.expected == "answer" and item.answers]
-        if not which:
-            return {}
-        answers = [self.tokenizer(items[i].answers[0], add_special_tokens=False)["input_ids"] for i in which]
-        scored = score(model, self.tokenizer, [prompts[i] for i in which], answers, batch_size=batch_size)
-        return {i: s.logprob for i, s in zip(which, scored)}
 
     def _progress(self, label: str, total: int) -> Callable[[int], None] | None:
         if not self._show_progress:
@@ -399,6 +380,11 @@ def _timed(clock: dict, name: str):
         yield
     finally:
         clock[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+
+
+def _margin(opener_logprobs: list[float], refusal_openers: int) -> float:
+    """log P(refusal opener) − log P(compliance opener), each kind's openers pooled by logsumexp."""
+    return _logsumexp(opener_logprobs[:refusal_openers]) - _logsumexp(opener_logprobs[refusal_openers:])
 
 
 def _logsumexp(values: list[float]) -> float:
