@@ -400,8 +400,9 @@ def judge_command(
     of the way can be checked as you go).
 
     Before trusting a run's headline, check the judge on that run's own outputs: `ppo-align judge --review
-    runs/NAME` writes runs/NAME/eval/review.csv (or -o); fill its label column by the guide in
-    evalsets/LABELS.md, then `ppo-align judge runs/NAME/eval/review.csv`.
+    runs/NAME` writes runs/NAME/eval/review.csv (or -o), blind: shuffled, with which model wrote each response
+    kept in review.key.csv beside it; fill its label column by the guide in evalsets/LABELS.md, then
+    `ppo-align judge runs/NAME/eval/review.csv` (flip and sampled rows reported apart).
 
     Examples: `ppo-align judge my-gold.jsonl` (the learned judge against your labels),
     `ppo-align judge outputs.csv --response-field completion -o labeled.jsonl`,
@@ -416,11 +417,12 @@ def judge_command(
         raise UserError(f"ppo-align judge: both FILE ({file}) and --review; fix: pass FILE to measure the judge on "
                         "labelled rows, or --review RUN to write a new sheet, not both")
     if review is not None:
-        from ppo_align.evaluation.review import review_sheet
+        from ppo_align.evaluation.review import key_path, review_sheet
 
         path, flipped, sampled = review_sheet(review, output, sample=sample)
-        out.print(f"[green]wrote[/green] {path}: {flipped} responses whose refusal flipped and {sampled} sampled; "
-                  f"fill its label column (comply / partial / refuse, by evalsets/LABELS.md), then "
+        out.print(f"[green]wrote[/green] {path}: {flipped} responses whose refusal flipped and {sampled} sampled, "
+                  f"shuffled, with which model wrote each kept apart in {key_path(path).name} (do not read it while "
+                  f"labelling); fill the label column (comply / partial / refuse, by evalsets/LABELS.md), then "
                   f"`ppo-align judge {path}`", highlight=False)
         return
     if file is None:
@@ -429,6 +431,9 @@ def judge_command(
     gold_column = label_field or "label"
     result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
                         response_field=response_field, label_field=gold_column, require_labels=label_field is not None)
+    from ppo_align.evaluation.review import attach_key
+
+    attach_key(result.rows, file)  # a review sheet's key says which rows are flips and which were sampled
     counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())
     out.print(f"{len(result.labels)} rows of {file} labelled by {result.judge}: {counts}", highlight=False)
     if result.gold:

@@ -416,9 +416,12 @@ def test_report_says_whether_the_eval_judge_is_the_rewards_own(evaluated_run, tm
 
 
 def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_path, run_cli):
-    """`judge --review RUN` writes every flip (both sides) and a seeded sample, prompts filled in, labels empty
-    and the judge's own labels left out; once labelled, `judge SHEET` reports agreement on the run's outputs."""
+    """`judge --review RUN` writes a blind sheet (item, prompt, response, empty label: no judge label, no model,
+    no flip mark) of every flip (both sides) and a seeded sample, with its key beside it; once labelled,
+    `judge SHEET` reports agreement on the run's outputs, flips and sampled rows apart."""
     import csv
+
+    from ppo_align.evaluation.review import key_path
 
     results = load_results(evaluated_run).data
     code, out, err = run_cli("judge", "--review", evaluated_run, "--sample", 6)
@@ -426,11 +429,14 @@ def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_
     sheet = evaluated_run / "eval" / "review.csv"
     with sheet.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["item", "prompt", "response", "label"]
+    assert all(r["prompt"] and r["label"] == "" for r in rows)
+    key = {r["item"]: r for r in csv.DictReader(key_path(sheet).open(newline=""))}
+    assert sorted(key) == sorted(r["item"] for r in rows)
     flips = {(f["target"], f["set"], f["id"]) for f in results["flips"]}
-    flip_rows = [r for r in rows if r["why"] == "flip"]
-    assert {(r["target"], r["set"], r["id"]) for r in flip_rows if r["target"] != "reference"} == flips
-    assert len(flip_rows) >= len(flips) and sum(r["why"] == "sample" for r in rows) == 6
-    assert all(r["prompt"] and r["label"] == "" for r in rows) and "judge_label" not in rows[0]
+    flip_rows = [k for k in key.values() if k["why"] == "flip"]
+    assert {(k["target"], k["set"], k["id"]) for k in flip_rows if k["target"] != "reference"} == flips
+    assert len(flip_rows) >= len(flips) and sum(k["why"] == "sample" for k in key.values()) == 6
     assert run_cli("judge", "--review", evaluated_run, "--sample", 6)[0] == 0
     assert list(csv.DictReader(sheet.open(newline=""))) == rows  # seeded: the same sheet again
 
@@ -438,8 +444,10 @@ def test_review_sheet_of_a_run_then_the_judge_measured_on_it(evaluated_run, tmp_
     judged = {(t, s, r["id"]): r["label"] for t, sets in results["records"].items() for s, recs in sets.items()
               for r in recs}
     for r in rows:
-        r["label"] = judged[(r["target"], r["set"], r["id"])]
+        k = key[r["item"]]
+        r["label"] = judged[(k["target"], k["set"], k["id"])]
     labelled = tmp_path / "labelled.csv"
+    key_path(labelled).write_text(key_path(sheet).read_text())
     with labelled.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -485,7 +493,7 @@ def test_review_sheet_holds_both_sides_of_every_flip(evaluated_run, tmp_path):
     import csv
 
     from ppo_align.evaluation.results import save_results
-    from ppo_align.evaluation.review import review_sheet
+    from ppo_align.evaluation.review import attach_key, review_sheet
 
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
@@ -498,9 +506,10 @@ def test_review_sheet_holds_both_sides_of_every_flip(evaluated_run, tmp_path):
     save_results(data, run / "eval")
     path, flipped, sampled = review_sheet(run, sample=0)
     rows = list(csv.DictReader(path.open(newline="")))
+    assert attach_key(rows, path)
     assert (flipped, sampled) == (2, 0)
-    assert [(r["target"], r["why"], r["prompt"], r["response"]) for r in rows] == [
-        ("reference", "flip", "the prompt", ref["response"]), (target, "flip", "the prompt", now["response"])]
+    assert sorted((r["target"], r["why"], r["prompt"], r["response"]) for r in rows) == sorted([
+        ("reference", "flip", "the prompt", ref["response"]), (target, "flip", "the prompt", now["response"])])
 
 
 # --------------------------------------------------------------------------- export

@@ -4,8 +4,12 @@ A judge's agreement on the shipped gold sets says little about a trained policy'
 (deflections the judge has never seen, say). ``ppo-align judge --review RUN`` writes every prompt whose
 refusal flipped (the reference's and the checkpoint's response, one row each) plus a seeded random sample of
 the other responses, with an empty ``label`` column. A person fills it in under ``evalsets/LABELS.md``; then
-``ppo-align judge SHEET`` measures the judge against those labels. The judge's own labels are left out of the
-sheet so they cannot anchor the person labelling.
+``ppo-align judge SHEET`` measures the judge against those labels.
+
+The sheet is blind: it holds an opaque item number, the prompt, the response and the empty label, in a seeded
+shuffle. Which model wrote a response, and whether it is half of a flip, would tell the person what the judge
+said (a flip pairs one refusal with one answer), so those go to a key file beside the sheet
+(``review.key.csv``), which ``ppo-align judge SHEET`` reads back to report flips and sampled rows apart.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from ppo_align.files import write_atomic
 from ppo_align.recipe.load import load_recipe
 from ppo_align.rundir import RunDir
 
-COLUMNS = ("target", "set", "id", "why", "prompt", "response", "label")
+COLUMNS = ("item", "prompt", "response", "label")
+KEY_COLUMNS = ("item", "target", "set", "id", "why")
 
 
 def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: int = 50, seed: int = 0) -> tuple[Path, int, int]:
@@ -52,15 +57,46 @@ def review_sheet(run: str | Path, output: str | Path | None = None, *, sample: i
     others = [(target, evalset, record) for target, sets in results.data["records"].items()
               for evalset, records in sets.items() for record in records
               if (target, evalset, record["id"]) not in seen]
-    for target, evalset, record in random.Random(seed).sample(others, min(sample, len(others))):
+    rng = random.Random(seed)
+    for target, evalset, record in rng.sample(others, min(sample, len(others))):
         rows.append(_row((target, evalset, record["id"]), "sample", prompts.get((evalset, record["id"]), ""),
                          record["response"]))
+    rng.shuffle(rows)  # no run of flip pairs, no model order for the labeller to read
+    for number, row in enumerate(rows, start=1):
+        row["item"] = f"r{number:04d}"
+    write_atomic(key_path(path), _csv(rows, KEY_COLUMNS))  # the key first: a sheet never exists without it
+    write_atomic(path, _csv(rows, COLUMNS))
+    return path, flipped, len(rows) - flipped
+
+
+def key_path(sheet: str | Path) -> Path:
+    """Where the key of a review sheet lives: beside it, ``NAME.key.csv``."""
+    sheet = Path(sheet)
+    return sheet.with_name(f"{sheet.stem}.key.csv")
+
+
+def attach_key(rows: list[dict], sheet: str | Path) -> bool:
+    """Add each row's target, set, id and why from the sheet's key file, matched by item; False if no key."""
+    try:
+        with key_path(sheet).open(newline="", encoding="utf-8") as f:
+            key = {row["item"]: row for row in csv.DictReader(f) if row.get("item")}
+    except (FileNotFoundError, KeyError, ValueError, csv.Error):
+        return False
+    matched = False
+    for row in rows:
+        found = key.get(str(row.get("item")))
+        if found:
+            row.update({column: found[column] for column in KEY_COLUMNS[1:] if column in found})
+            matched = True
+    return matched
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
-    return path, flipped, len(rows) - flipped
+    return buffer.getvalue()
 
 
 def _labelled_rows(path: Path) -> int:
