@@ -15,6 +15,7 @@ Two kinds of passes over a loaded model:
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -95,9 +96,45 @@ class Scored:
     """Sum over the continuation of the exact next-token KL(model || reference) (nats)."""
 
 
+class ReferencePrompts:
+    """The reference's encoding of each batch of prompts (key/value cache and next-token log-probabilities),
+    kept from the reference's own generation so that a checkpoint's KL pass on the same batch runs over its
+    response tokens alone instead of encoding the prompts again.
+
+    Batches are keyed by their prompts: the harness evaluates the reference first, on the same prompts and
+    batch size as each checkpoint. Past ``max_bytes`` nothing more is kept, and a batch without an entry
+    gets the full teacher-forced pass.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._kept: dict[tuple, tuple] = {}
+
+    def keep(self, prompts: list[list[int]], cache, first_logp) -> None:
+        layers = getattr(cache, "layers", None)
+        if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+            return  # not a plain key/value cache: nothing to reuse safely
+        size = first_logp.numel() * first_logp.element_size() + sum(
+            t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))
+        if self.bytes + size > self.max_bytes:
+            return
+        for layer in layers:  # copies: the cut-back views would keep the generated tokens' memory alive
+            layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+        self._kept[_batch_key(prompts)] = (cache, first_logp)
+        self.bytes += size
+
+    def get(self, prompts: list[list[int]]) -> tuple | None:
+        return self._kept.get(_batch_key(prompts))
+
+
+def _batch_key(prompts: list[list[int]]) -> tuple:
+    return tuple(map(tuple, prompts))
+
+
 def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSettings, *,
              score_responses: bool = False, with_reference: bool = False,
              continuations: list[list[list[int]]] | None = None,
+             reference_prompts: ReferencePrompts | None = None,
              progress: Progress | None = None) -> list[Generated]:
     """Responses to tokenized prompts, in the order given.
 
@@ -109,6 +146,9 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     ``continuations[i]`` lists token sequences to score after prompt ``i`` (none, one or several;
     the results land in :attr:`Generated.continuation_logprobs`). They run on generation's own
     key/value cache cut back to the prompt, so the prompt is encoded once for everything.
+
+    ``reference_prompts``: when this is the reference's generation (``with_reference`` off), each batch's
+    prompt encoding is kept there; when it is a checkpoint's, the KL pass reuses the kept ones.
     """
     import torch
 
@@ -118,16 +158,21 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
     for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
         ids, mask = left_pad([prompts[i] for i in batch], pad_id)
-        wanted = [continuations[i] for i in batch] if continuations else None
+        batch_prompts = [prompts[i] for i in batch]
+        wanted = [continuations[i] for i in batch] if continuations and any(continuations[i] for i in batch) else None
+        keep = reference_prompts is not None and not with_reference
         with torch.inference_mode():
             greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
-                                    output_logits=score_responses or bool(wanted), **common)
+                                    output_logits=score_responses or bool(wanted) or keep, **common)
             continued = None
-            if wanted and any(wanted):
+            if wanted or keep:
                 cache = greedy.past_key_values
                 _cut_back(cache, ids.shape[1])  # to the prompts alone
-                continued = _continuation_logprobs(model, cache, torch.log_softmax(greedy.logits[0].float(), dim=-1),
-                                                   mask, wanted, pad_id)
+                first_logp = torch.log_softmax(greedy.logits[0].float(), dim=-1)
+                if wanted:
+                    continued = _continuation_logprobs(model, cache, first_logp, mask, wanted, pad_id)
+                if keep:
+                    reference_prompts.keep(batch_prompts, cache, first_logp)
             sampled = None
             if settings.samples:
                 # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
@@ -138,8 +183,9 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
                 )
         width = ids.shape[1]
         responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
-        scores = _score_generated(model, tokenizer, [prompts[i] for i in batch], responses, greedy.logits,
-                                  with_reference) if score_responses else [None] * len(batch)
+        kept = reference_prompts.get(batch_prompts) if reference_prompts is not None and with_reference else None
+        scores = _score_generated(model, tokenizer, batch_prompts, responses, greedy.logits, with_reference,
+                                  kept and (*kept, mask)) if score_responses else [None] * len(batch)
         for row, index in enumerate(batch):
             samples = []
             if sampled is not None:
@@ -153,17 +199,30 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     return out  # type: ignore[return-value]
 
 
-def _score_generated(model, tokenizer, prompts, responses, step_logits, with_reference: bool) -> list[Scored]:
-    """Scores of freshly generated responses from generation's own logits (one per step, for the whole batch)."""
+def _score_generated(model, tokenizer, prompts, responses, step_logits, with_reference: bool,
+                     kept: tuple | None = None) -> list[Scored]:
+    """Scores of freshly generated responses from generation's own logits (one per step, for the whole batch).
+
+    The KL needs the reference's log-probabilities along each response: from ``kept`` (the reference's
+    cache of these prompts, its next-token log-probabilities and the prompts' mask) only the response
+    tokens are run; without it, prompts and responses are encoded from scratch.
+    """
     import torch
 
-    reference = None
+    reference = None  # per row: the reference's log-probabilities predicting each response token
     tail = max(len(r) for r in responses)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if with_reference and tail:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
         with torch.inference_mode(), reference_mode(model):
-            reference = _tail_log_probs(model, ids, mask, tail)
+            if kept is not None:
+                cache, first_logp, mask = kept
+                after = _run_on_prompts(model, _fork(cache), mask, [r[:-1] for r in responses], pad_id) if tail > 1 else None
+                reference = [torch.cat([first_logp[row, None], after[row, :len(r) - 1]]) if after is not None
+                             else first_logp[row, None] for row, r in enumerate(responses)]
+            else:
+                ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
+                forced = _tail_log_probs(model, ids, mask, tail)  # right-aligned: left padding
+                reference = [forced[row, tail - len(r):] for row, r in enumerate(responses)]
     scored = []
     for row, response in enumerate(responses):
         n = len(response)
@@ -171,7 +230,7 @@ def _score_generated(model, tokenizer, prompts, responses, step_logits, with_ref
             scored.append(Scored(0.0, None, 0.0 if with_reference else None))
             continue
         logp = torch.log_softmax(torch.stack([step[row] for step in step_logits[:n]]).float(), dim=-1)
-        scored.append(_scored(logp, torch.tensor(response), None if reference is None else reference[row, tail - n:]))
+        scored.append(_scored(logp, torch.tensor(response), None if reference is None else reference[row]))
     return scored
 
 
@@ -227,25 +286,15 @@ def _continuation_logprobs(model, cache, first_logp, mask, wanted: list[list[lis
     """log P(continuation | prompt) for each row's continuations, run on ``cache`` (the rows' left-padded prompts).
 
     ``first_logp`` is the next-token distribution after each prompt (it scores every continuation's first
-    token). Round j scores every row's j-th continuation in one pass, right-padded to the longest; the
-    cache is cut back to the prompts after each round.
+    token). Round j scores every row's j-th continuation in one pass.
     """
     import torch
 
-    rows, width = mask.shape
-    position = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:] + 1  # where each prompt's continuation starts
-    out: list[list[float]] = [[] for _ in range(rows)]
+    out: list[list[float]] = [[] for _ in range(mask.shape[0])]
     for j in range(max(len(w) for w in wanted)):
         tokens = [w[j] if j < len(w) else [] for w in wanted]
-        longest = max(len(t) for t in tokens)
-        if longest > 1:  # the first token is scored by first_logp; the rest need a pass
-            fed = [t[:-1] for t in tokens]  # a token's own log-prob comes from the position before it
-            inputs = torch.tensor([f + [pad_id] * (longest - 1 - len(f)) for f in fed])
-            valid = torch.tensor([[1] * len(f) + [0] * (longest - 1 - len(f)) for f in fed])
-            step = model(input_ids=inputs, attention_mask=torch.cat([mask, valid], dim=1),
-                         position_ids=position + torch.arange(longest - 1), past_key_values=cache, use_cache=True)
-            logp = torch.log_softmax(step.logits.float(), dim=-1)
-            _cut_back(cache, width)
+        # A token's log-prob comes from the position before it: the first from first_logp, the rest need a pass.
+        logp = _run_on_prompts(model, cache, mask, [t[:-1] for t in tokens], pad_id) if max(map(len, tokens)) > 1 else None
         for row, t in enumerate(tokens):
             if t:
                 total = first_logp[row, t[0]]
@@ -253,6 +302,29 @@ def _continuation_logprobs(model, cache, first_logp, mask, wanted: list[list[lis
                     total = total + logp[row, torch.arange(len(t) - 1), torch.tensor(t[1:])].sum()
                 out[row].append(float(total))
     return out
+
+
+def _run_on_prompts(model, cache, mask, fed: list[list[int]], pad_id: int):
+    """Next-token log-probabilities after each token ``fed`` to each row (rows x longest x vocab), run on ``cache``
+    (the rows' left-padded prompts, ``mask``), which is then cut back to the prompts. Rows are right-padded."""
+    import torch
+
+    width, longest = mask.shape[1], max(len(f) for f in fed)
+    start = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:] + 1  # each row's first position after its prompt
+    inputs = torch.tensor([f + [pad_id] * (longest - len(f)) for f in fed])
+    valid = torch.tensor([[1] * len(f) + [0] * (longest - len(f)) for f in fed])
+    step = model(input_ids=inputs, attention_mask=torch.cat([mask, valid], dim=1),
+                 position_ids=start + torch.arange(longest), past_key_values=cache, use_cache=True)
+    _cut_back(cache, width)
+    return torch.log_softmax(step.logits.float(), dim=-1)
+
+
+def _fork(cache):
+    """A cache sharing the kept tensors but not their holders: a forward on it (which rebinds each layer's keys and
+    values to longer tensors) leaves the kept cache as it was."""
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
 
 
 def _cut_back(cache, length: int) -> None:

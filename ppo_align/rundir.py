@@ -23,7 +23,7 @@ LAYOUT: dict[str, str] = {
     "warm-start/": "adapter/ (the warm-start LoRA, the reference) and stage.json (input hash, loss, time)",
     "reward-model/": "adapter/ (a reward model trained from preference pairs) and stage.json (held-out accuracy)",
     "checkpoint-<step>/": "policy/, value/ (PPO only), state/ (optimizer, scheduler, RNG), progress.json, COMPLETE (last)",
-    "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv",
+    "eval/": "results.json (every target x set: metrics, shifts, flips, per-prompt records), cache/, review.csv + review.key.csv",
     "report/": "report.md, report.html (self-contained) and plots/",
     "tensorboard/": "with output.report_to: [tensorboard]: TRL's scalars, monitor rates, samples, eval headline",
     "export/": "from `ppo-align export`: a checkpoint as a PEFT adapter (or merged model) with a model card",

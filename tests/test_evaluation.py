@@ -404,6 +404,38 @@ def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_mod
     assert sum(g.scored.kl for g in generated) > 0
 
 
+def test_kl_pass_on_the_reference_prompts_kept_from_its_generation(tiny_run, tiny_model_dir):
+    """A checkpoint's KL pass on the reference's kept prompt encodings (response tokens only) gives the KL of the
+    full teacher-forced pass, leaves what it reuses unchanged, and a batch with nothing kept falls back to the full pass."""
+    from peft import PeftModel
+
+    from ppo_align import inference, models
+    from ppo_align.chat import encode_chat
+    from ppo_align.recipe.schema import ModelSection
+
+    section = ModelSection(source=str(tiny_model_dir))
+    tok = models.load_tokenizer(section, str(tiny_model_dir), for_training=False)
+    model = PeftModel.from_pretrained(models.load_for_inference(section, str(tiny_model_dir), tok),
+                                      str(tiny_run / "checkpoint-2" / "policy")).eval()
+    prompts = [encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS]
+    settings = inference.GenerationSettings(max_new_tokens=10, batch_size=4)
+    kept = inference.ReferencePrompts()
+    with inference.reference_mode(model):
+        inference.generate(model, tok, prompts, settings, score_responses=True, reference_prompts=kept)
+    assert kept.bytes > 0 and all(kept.get(b) for b in ([prompts[i] for i in batch] for batch in
+                                                          inference._buckets([len(p) for p in prompts], 4)))
+    full = inference.generate(model, tok, prompts, settings, score_responses=True, with_reference=True)
+    for _ in range(2):  # the second time on the same kept encodings: they were not changed by the first
+        reused = inference.generate(model, tok, prompts, settings, score_responses=True, with_reference=True,
+                                    reference_prompts=kept)
+        assert [g.text for g in reused] == [g.text for g in full]
+        assert [g.scored.kl for g in reused] == pytest.approx([g.scored.kl for g in full], abs=1e-4)
+    assert sum(g.scored.kl for g in reused) > 0
+    nothing_kept = inference.generate(model, tok, prompts, settings, score_responses=True, with_reference=True,
+                                      reference_prompts=inference.ReferencePrompts(max_bytes=0))
+    assert [g.scored.kl for g in nothing_kept] == [g.scored.kl for g in full]
+
+
 def test_adapters_sharing_a_directory_name_get_distinct_names_and_a_report(tiny_run, tiny_model_dir, tmp_path):
     """Two runs' `checkpoint-N/policy` are told apart by their paths, and the report draws targets that have no
     PPO update (they were given as --adapter) by name."""

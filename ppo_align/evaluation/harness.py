@@ -166,17 +166,19 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
     # checkpoint by checkpoint, shows PPO learning to please the reward's judge (they drift apart).
     reward_judge = job.reward_judge
     same = None if reward_judge is None else _key(reward_judge) == _key(judge)
-    records: dict[str, dict[str, list[dict]]] = {}
+    records: dict[str, dict[str, list[dict]]] = {target.name: {} for target in job.targets}
     try:
-        for target in job.targets:
-            records[target.name] = {}
-            for evalset in evalsets:
+        # Set by set, the reference first: its prompt encodings are kept for the checkpoints' KL passes.
+        for evalset in evalsets:
+            session.reference_prompts = inference.ReferencePrompts()
+            for target in job.targets:
                 entry = session.entry(target, evalset)
                 records[target.name][evalset.name] = _labelled(entry, evalset, judge, cache)
                 if same is False:
                     for record, theirs in zip(records[target.name][evalset.name],
                                               _labelled(entry, evalset, reward_judge, cache)):
                         record["reward_label"] = theirs["label"]
+        session.reference_prompts = None
     finally:
         session.close()
     judge_info = {"name": judge.name, "version": judge.version,
@@ -237,6 +239,8 @@ class _Session:
         """What was not in the cache: target, set and seconds taken (model loading excluded)."""
         self.load_seconds: float | None = None
         self.phase_seconds: dict[str, float] = {}
+        self.reference_prompts: inference.ReferencePrompts | None = None
+        """The reference's prompt encodings for the set being evaluated (see :class:`~ppo_align.inference.ReferencePrompts`)."""
         self._bar = None
         self._show_progress = progress
 
@@ -325,8 +329,8 @@ class _Session:
         clock = self.phase_seconds = {}
         with context, _timed(clock, "generate_and_score"):
             generated = inference.generate(model, tok, prompts, settings, score_responses=True,
-                                           with_reference=target.adapter is not None,
-                                           continuations=continuations, progress=bar)
+                                           with_reference=target.adapter is not None, continuations=continuations,
+                                           reference_prompts=self.reference_prompts, progress=bar)
         k = len(REFUSAL_OPENERS)
         records = []
         for i, item in enumerate(items):
