@@ -110,7 +110,7 @@ class ReferencePrompts:
         self.max_bytes, self.bytes = max_bytes, 0
         self._kept: dict[tuple, tuple] = {}
 
-    def keep(self, prompts: list[list[int]], cache, first_logp) -> None:
+    def keep(self, prompts: list[list[int]], cache, first_logp, mask) -> None:
         layers = getattr(cache, "layers", None)
         if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
             return  # not a plain key/value cache: nothing to reuse safely
@@ -120,10 +120,11 @@ class ReferencePrompts:
             return
         for layer in layers:  # copies: the cut-back views would keep the generated tokens' memory alive
             layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
-        self._kept[_batch_key(prompts)] = (cache, first_logp)
+        self._kept[_batch_key(prompts)] = (cache, first_logp, mask)
         self.bytes += size
 
     def get(self, prompts: list[list[int]]) -> tuple | None:
+        """(cache, next-token log-probabilities, prompt mask) of this batch of prompts, if kept."""
         return self._kept.get(_batch_key(prompts))
 
 
@@ -140,8 +141,9 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
 
     With ``score_responses``, each greedy response also gets its :class:`Scored` numbers
     (log-prob, entropy and, ``with_reference``, the exact KL to the reference), taken from
-    the logits generation computes anyway: only the reference needs a teacher-forced pass,
-    which runs right after each batch so the kept logits never outlive it.
+    the logits generation computes anyway: only the reference's side needs a pass (over the
+    response tokens alone when ``reference_prompts`` holds the batch), which runs right after
+    each batch so the kept logits never outlive it.
 
     ``continuations[i]`` lists token sequences to score after prompt ``i`` (none, one or several;
     the results land in :attr:`Generated.continuation_logprobs`). They run on generation's own
@@ -157,8 +159,8 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     out: list[Generated | None] = [None] * len(prompts)
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
     for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
-        ids, mask = left_pad([prompts[i] for i in batch], pad_id)
         batch_prompts = [prompts[i] for i in batch]
+        ids, mask = left_pad(batch_prompts, pad_id)
         wanted = [continuations[i] for i in batch] if continuations and any(continuations[i] for i in batch) else None
         keep = reference_prompts is not None and not with_reference
         with torch.inference_mode():
@@ -172,7 +174,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
                 if wanted:
                     continued = _continuation_logprobs(model, cache, first_logp, mask, wanted, pad_id)
                 if keep:
-                    reference_prompts.keep(batch_prompts, cache, first_logp)
+                    reference_prompts.keep(batch_prompts, cache, first_logp, mask)
             sampled = None
             if settings.samples:
                 # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
@@ -185,7 +187,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
         responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
         kept = reference_prompts.get(batch_prompts) if reference_prompts is not None and with_reference else None
         scores = _score_generated(model, tokenizer, batch_prompts, responses, greedy.logits, with_reference,
-                                  kept and (*kept, mask)) if score_responses else [None] * len(batch)
+                                  kept) if score_responses else [None] * len(batch)
         for row, index in enumerate(batch):
             samples = []
             if sampled is not None:
