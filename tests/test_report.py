@@ -512,6 +512,26 @@ def test_review_sheet_holds_both_sides_of_every_flip(evaluated_run, tmp_path):
         ("reference", "flip", "the prompt", ref["response"]), (target, "flip", "the prompt", now["response"])])
 
 
+def test_eval_summary_counts_flips_each_way(evaluated_run, tmp_path):
+    from rich.console import Console
+
+    from ppo_align.evaluation.results import save_results
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    data = load_results(run).data
+    latest = data["targets"][-1]["name"]
+    flip = {"target": latest, "step": data["targets"][-1]["step"], "set": "s", "prompt": "p", "category": "c",
+            "expected": "comply", "reference_response": "a", "response": "b"}
+    data["flips"] = [{**flip, "id": "1", "direction": "comply→refuse"}, {**flip, "id": "2", "direction": "partial→refuse"},
+                     {**flip, "id": "3", "direction": "refuse→comply"}]
+    save_results(data, run / "eval")
+    console = Console(record=True, width=400)
+    console.print(load_results(run).summary())
+    assert f"3 prompts changed refusal between the reference and {latest}: 2 now refused, 1 no longer refused" \
+        in console.export_text()
+
+
 # --------------------------------------------------------------------------- export
 
 

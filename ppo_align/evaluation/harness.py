@@ -51,6 +51,9 @@ from ppo_align.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
+# How much of the reference's prompt encodings one eval set may keep for the checkpoints' KL passes (0: none).
+REFERENCE_PROMPTS_BYTES = 2 << 30
+
 
 def answer_matches(response: str, answers: list[str]) -> bool:
     """Whether a knowledge answer appears in the response: any accepted form, case-insensitive,
@@ -170,7 +173,7 @@ def run_job(job: EvalJob, judge, *, full_precision: bool = False, progress: bool
     try:
         # Set by set, the reference first: its prompt encodings are kept for the checkpoints' KL passes.
         for evalset in evalsets:
-            session.reference_prompts = inference.ReferencePrompts()
+            session.reference_prompts = inference.ReferencePrompts(REFERENCE_PROMPTS_BYTES)
             for target in job.targets:
                 entry = session.entry(target, evalset)
                 records[target.name][evalset.name] = _labelled(entry, evalset, judge, cache)

@@ -167,7 +167,9 @@ class EvalResults:
         parts = [self.headline()]
         latest = [f for f in self.data["flips"] if f["target"] == self.latest]
         if latest:
-            parts.append(Text(f"{len(latest)} prompts changed refusal between the reference and {self.latest} "
+            refused = sum(f["direction"].endswith("→refuse") for f in latest)
+            parts.append(Text(f"{len(latest)} prompts changed refusal between the reference and {self.latest}: "
+                              f"{refused} now refused, {len(latest) - refused} no longer refused "
                               "(both responses of each under \"flips\" in results.json)"))
         agreement = self.data["judge"].get("reward_agreement") or {}
         if self.latest in agreement and self.targets[0] in agreement:
