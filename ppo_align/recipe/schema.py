@@ -308,7 +308,7 @@ class EvalSection(Section):
     limit: Annotated[int, Field(ge=2)] | dict[str, Annotated[int, Field(ge=2)]] | None = None
     """Evaluate at most this many prompts per set (categories in turn, contrast pairs kept together): one number for
     every set, or a number per set name (`{minimal_pairs: 200, knowledge: 80}`; a file's name is its stem; sets not
-    named are evaluated in full). Default: all. Eval costs about 0.4 s per prompt and checkpoint for a 135M model on a 2-core CPU."""
+    named are evaluated in full). Default: all. Eval costs about 0.3 s per prompt and checkpoint for a 135M model on a 2-core CPU."""
 
 
 class AuditSection(Section):
