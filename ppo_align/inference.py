@@ -186,7 +186,7 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
         width = ids.shape[1]
         responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
         kept = reference_prompts.get(batch_prompts) if reference_prompts is not None and with_reference else None
-        scores = _score_generated(model, tokenizer, batch_prompts, responses, greedy.logits, with_reference,
+        scores = _score_generated(model, tokenizer, ids, mask, responses, greedy.logits, with_reference,
                                   kept) if score_responses else [None] * len(batch)
         for row, index in enumerate(batch):
             samples = []
@@ -201,13 +201,13 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     return out  # type: ignore[return-value]
 
 
-def _score_generated(model, tokenizer, prompts, responses, step_logits, with_reference: bool,
+def _score_generated(model, tokenizer, ids, mask, responses, step_logits, with_reference: bool,
                      kept: tuple | None = None) -> list[Scored]:
     """Scores of freshly generated responses from generation's own logits (one per step, for the whole batch).
 
-    The KL needs the reference's log-probabilities along each response: from ``kept`` (the reference's
-    cache of these prompts, its next-token log-probabilities and the prompts' mask) only the response
-    tokens are run; without it, prompts and responses are encoded from scratch.
+    The KL needs the reference's log-probabilities along each response. They always come the same way, so
+    the numbers do not depend on what was kept: the reference's encoding of the prompts (``kept``, from its
+    own generation, or encoded here from ``ids`` and ``mask``), then one pass over the response tokens.
     """
     import torch
 
@@ -216,15 +216,10 @@ def _score_generated(model, tokenizer, prompts, responses, step_logits, with_ref
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if with_reference and tail:
         with torch.inference_mode(), reference_mode(model):
-            if kept is not None:
-                cache, first_logp, mask = kept
-                after = _run_on_prompts(model, _fork(cache), mask, [r[:-1] for r in responses], pad_id) if tail > 1 else None
-                reference = [torch.cat([first_logp[row, None], after[row, :len(r) - 1]]) if after is not None
-                             else first_logp[row, None] for row, r in enumerate(responses)]
-            else:
-                ids, mask = left_pad([p + r for p, r in zip(prompts, responses)], pad_id)
-                forced = _tail_log_probs(model, ids, mask, tail)  # right-aligned: left padding
-                reference = [forced[row, tail - len(r):] for row, r in enumerate(responses)]
+            cache, first_logp, mask = kept if kept is not None else (*_encode_prompts(model, ids, mask), mask)
+            after = _run_on_prompts(model, _fork(cache), mask, [r[:-1] for r in responses], pad_id) if tail > 1 else None
+            reference = [torch.cat([first_logp[row, None], after[row, :len(r) - 1]]) if after is not None
+                         else first_logp[row, None] for row, r in enumerate(responses)]
     scored = []
     for row, response in enumerate(responses):
         n = len(response)
@@ -319,6 +314,16 @@ def _run_on_prompts(model, cache, mask, fed: list[list[int]], pad_id: int):
                  position_ids=start + torch.arange(longest), past_key_values=cache, use_cache=True)
     _cut_back(cache, width)
     return torch.log_softmax(step.logits.float(), dim=-1)
+
+
+def _encode_prompts(model, ids, mask):
+    """The key/value cache of left-padded prompts and the next-token log-probabilities after each: the same
+    numbers as generation's own first step (positions follow the mask, as there)."""
+    import torch
+
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
 def _fork(cache):

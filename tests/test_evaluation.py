@@ -405,8 +405,9 @@ def test_scores_taken_during_generation_match_teacher_forcing(tiny_run, tiny_mod
 
 
 def test_kl_pass_on_the_reference_prompts_kept_from_its_generation(tiny_run, tiny_model_dir):
-    """A checkpoint's KL pass on the reference's kept prompt encodings (response tokens only) gives the KL of the
-    full teacher-forced pass, leaves what it reuses unchanged, and a batch with nothing kept falls back to the full pass."""
+    """A checkpoint's KL on the reference's kept prompt encodings is exactly the KL computed with nothing kept (so
+    one process and several, or a reference from the cache, give the same numbers), leaves what it reuses unchanged,
+    and matches teacher forcing (test above)."""
     from peft import PeftModel
 
     from ppo_align import inference, models
@@ -429,7 +430,7 @@ def test_kl_pass_on_the_reference_prompts_kept_from_its_generation(tiny_run, tin
         reused = inference.generate(model, tok, prompts, settings, score_responses=True, with_reference=True,
                                     reference_prompts=kept)
         assert [g.text for g in reused] == [g.text for g in full]
-        assert [g.scored.kl for g in reused] == pytest.approx([g.scored.kl for g in full], abs=1e-4)
+        assert [g.scored.kl for g in reused] == [g.scored.kl for g in full]  # the same numbers either way
     assert sum(g.scored.kl for g in reused) > 0
     nothing_kept = inference.generate(model, tok, prompts, settings, score_responses=True, with_reference=True,
                                       reference_prompts=inference.ReferencePrompts(max_bytes=0))
