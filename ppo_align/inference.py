@@ -102,8 +102,8 @@ class ReferencePrompts:
     response tokens alone instead of encoding the prompts again.
 
     Batches are keyed by their prompts: the harness evaluates the reference first, on the same prompts and
-    batch size as each checkpoint. Past ``max_bytes`` nothing more is kept, and a batch without an entry
-    gets the full teacher-forced pass.
+    batch size as each checkpoint. Past ``max_bytes`` nothing more is kept, and a batch without an entry has
+    its prompts encoded under the reference again before the response pass (the same numbers, more work).
     """
 
     def __init__(self, max_bytes: int = 2 << 30):

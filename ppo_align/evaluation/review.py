@@ -23,7 +23,7 @@ from ppo_align.errors import UserError
 from ppo_align.evalsets import load_evalset
 from ppo_align.evaluation.results import load_results
 from ppo_align.evaluation.targets import REFERENCE
-from ppo_align.files import write_atomic
+from ppo_align.files import read_rows, write_atomic
 from ppo_align.recipe.load import load_recipe
 from ppo_align.rundir import RunDir
 
@@ -77,11 +77,10 @@ def key_path(sheet: str | Path) -> Path:
 
 def attach_key(rows: list[dict], sheet: str | Path) -> bool:
     """Add each row's target, set, id and why from the sheet's key file, matched by item; False if no key."""
-    try:
-        with key_path(sheet).open(newline="", encoding="utf-8") as f:
-            key = {row["item"]: row for row in csv.DictReader(f) if row.get("item")}
-    except (FileNotFoundError, KeyError, ValueError, csv.Error):
+    path = key_path(sheet)
+    if not path.is_file():
         return False
+    key = {str(row["item"]): row for _, row in read_rows(path) if row.get("item")}
     matched = False
     for row in rows:
         found = key.get(str(row.get("item")))
