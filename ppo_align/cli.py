@@ -54,6 +54,11 @@ SetOption = typer.Option(
 )
 
 
+def _flag(*names: str, **kwargs):
+    """An on/off switch. Typer would list it as taking a ``<bool>`` value; it takes none, so --help shows none."""
+    return typer.Option(False, *names, metavar="", **kwargs)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"ppo-align {__version__}")
@@ -62,10 +67,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors in the log."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the libraries' own output: their warnings, "
+    version: bool = _flag("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = _flag("--debug", help="Show full tracebacks and debug logs."),
+    quiet: bool = _flag("--quiet", "-q", help="Only warnings and errors in the log."),
+    verbose: bool = _flag("--verbose", "-v", help="Also the libraries' own output: their warnings, "
                                  "deprecation notices and weight-loading bars (hidden by default)."),
 ) -> None:
     from rich.logging import RichHandler
@@ -148,9 +153,9 @@ def recipe_show(
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
     overrides: Optional[List[str]] = SetOption,
-    resume: bool = typer.Option(False, "--resume", help="Require an existing run to continue from."),
-    fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the run's checkpoints first."),
-    force: bool = typer.Option(False, "--force", help="Reuse a run directory made by a different recipe."),
+    resume: bool = _flag("--resume", help="Require an existing run to continue from."),
+    fresh: bool = _flag("--fresh", help="Start over: delete the run's checkpoints first."),
+    force: bool = _flag("--force", help="Reuse a run directory made by a different recipe."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel PPO in this many processes (accelerate launch on GPUs, torchrun on CPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Another seed for the whole run (warm start, prompt order, sampling, initialisation): sets ppo.seed and, unless output.name is set, names the run NAME-seedN."),
 ) -> None:
@@ -282,7 +287,7 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of sampled decoding."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="At most this many prompts per set (categories in turn, contrast pairs kept together)."),
-    full_precision: bool = typer.Option(False, "--full-precision", help="Load the base unquantized even if training used 4-bit."),
+    full_precision: bool = _flag("--full-precision", help="Load the base unquantized even if training used 4-bit."),
     token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) or chat judge: environment variable holding its bearer token."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Share the (checkpoint, eval set) work among this many processes (GPUs if present, else CPU)."),
 ) -> None:
@@ -349,10 +354,10 @@ def report_command(
 def export_command(
     run: Path = typer.Argument(..., help="Run directory written by `ppo-align train` (runs/NAME)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (the last that passed the training-time behaviour rules, else the latest), latest, or an update number."),
-    merge: bool = typer.Option(False, "--merge", help="Merge the adapter into the base loaded in full precision and save the whole model."),
+    merge: bool = _flag("--merge", help="Merge the adapter into the base loaded in full precision and save the whole model."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the export goes (default runs/NAME/export; an old export there is replaced)."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="OWNER/NAME", help="Also upload the export to this hub repository (created if missing)."),
-    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
+    private: bool = _flag("--private", help="With --push-to-hub: create the repository private."),
     token_env: str = typer.Option("HF_TOKEN", "--token-env", metavar="VAR", help="With --push-to-hub: environment variable holding a write token."),
 ) -> None:
     """Export a checkpoint for use elsewhere: a PEFT adapter directory (or, with --merge, a merged model)
