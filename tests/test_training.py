@@ -226,6 +226,42 @@ def test_last_layers_adapts_and_trains_only_the_top_layers(tiny_recipe, tiny_mod
         models.load_policy(recipe.model, str(tiny_model_dir), tokenizer)
 
 
+def test_the_value_models_frozen_layers_run_once_per_rollout_and_change_nothing(tiny_recipe, monkeypatch):
+    """With value.lora.last_layers, training passes start from the rollout's kept output of the frozen layers:
+    metrics and saved weights equal a run that recomputes them (fails if a kept row is misplaced or stale)."""
+    from safetensors.torch import load_file
+
+    from ppo_align.training import ppo
+
+    tiny_recipe["value"] = {"lora": {"r": 4, "last_layers": 1}}  # the tiny model has 2 decoder layers
+    # Training micro-batches of 2 rows, shuffled, out of rollout passes of 4: kept rows must find their sequence.
+    tiny_recipe["ppo"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    installed = []
+    install = ppo.CriticFrozenLayers.install.__func__
+
+    def recording(cls, value_model):
+        installed.append(install(cls, value_model))
+        return installed[-1]
+
+    monkeypatch.setattr(ppo.CriticFrozenLayers, "install", classmethod(recording))
+    kept = train(load_recipe({**tiny_recipe, "output": {**tiny_recipe["output"], "name": "kept"}}), progress=False)
+    assert installed[0] is not None and installed[0].frozen == 1
+    assert installed[0].replays >= 4  # every training pass of both updates
+
+    monkeypatch.setattr(ppo.CriticFrozenLayers, "install", classmethod(lambda cls, value_model: None))
+    recomputed = train(load_recipe({**tiny_recipe, "output": {**tiny_recipe["output"], "name": "recomputed"}}), progress=False)
+
+    def numbers(run):
+        return [{k: v for k, v in m.items() if k not in ("step_time_s", "tokens_per_s")}
+                for m in _read_jsonl(run.dir / "metrics.jsonl")]
+
+    assert numbers(kept) == numbers(recomputed)
+    for part in ("policy", "value"):
+        a = load_file(kept.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        b = load_file(recomputed.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
 def test_bfloat16_compute_on_a_cpu_trains_without_autocast(tiny_recipe, tmp_path):
     """transformers refuses bf16 autocast without a GPU; on a CPU the 4-bit layers compute in bf16 anyway. A PPO
     update under that setting must still run and move the LoRA weights (B starts at zero)."""

@@ -38,7 +38,8 @@ class Lora(Section):
     """Which linear layers get adapters: all-linear, or a list of module names such as [q_proj, v_proj]."""
     last_layers: int | None = Field(None, ge=1)
     """Adapt only the last N decoder layers (default: all). Backward passes stop at the lowest adapted layer,
-    so fewer layers make every training step cheaper; the layers below run forward only."""
+    so fewer layers make every training step cheaper; the layers below run forward only. For PPO's value model
+    they run once per rollout batch: its training passes start from what the rollout computed there."""
 
 
 class ModelSection(Section):

@@ -1,0 +1,92 @@
+"""The value model's frozen lower layers run once per rollout batch: PPO updates with vs without that reuse.
+
+With `value.lora.last_layers: 4`, 26 of the value model's 30 layers hold no trainable weight, and TRL's
+training passes would recompute what its rollout value pass already computed over the same sequences.
+`CriticFrozenLayers` keeps the rollout's output of those layers for the training passes. Both sides here
+get freshly loaded, identically seeded models, the default recipe's PPO shape (no warm start, monitor or
+audit: per-update cost only) and the same seed; the side without reuse has it switched off. The result
+records the median update time of each side (first update excluded as warm-up), their ratio, and whether
+every logged training number is identical on both sides (it must be: the reuse is exact).
+
+    python benchmarks/critic_layers.py [--updates 5] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import machine, write_result
+from layer_overhead import UpdateTimer, build
+
+from ppo_align import load_recipe
+from ppo_align.training import ppo
+
+TIMING_KEYS = ("eps", "time", "runtime", "per_second")
+
+
+def run_side(recipe, out: Path, reuse: bool) -> tuple[list[float], list[dict], int]:
+    install = ppo.CriticFrozenLayers.install
+    if not reuse:
+        ppo.CriticFrozenLayers.install = classmethod(lambda cls, value_model: None)
+    try:
+        tokenizer, prompts, scorer, policy, value = build(recipe)
+        run = ppo.PPORun(recipe, out, tokenizer, policy, value, scorer, prompts)
+    finally:
+        ppo.CriticFrozenLayers.install = install
+    timer = UpdateTimer()
+    run.trainer.add_callback(timer)
+    run.train()
+    logged = [{k: v for k, v in entry.items() if not any(t in k for t in TIMING_KEYS)}
+              for entry in run.trainer.state.log_history]
+    return timer.update_seconds(), logged, run.critic_layers.replays if run.critic_layers else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="smollm2-refusal-boundary")
+    parser.add_argument("--last-layers", type=int, default=4, help="value.lora.last_layers")
+    parser.add_argument("--updates", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", default="benchmarks/results/critic_layers.json")
+    args = parser.parse_args()
+
+    base = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, [
+        "warm_start=null", "monitor.holdout=0", "monitor.min_refusal={}", "audit.enabled=false",
+        f"value.lora.last_layers={args.last_layers}",
+        f"ppo.total_episodes={args.updates * base.rollout_batch_size}", f"ppo.save_steps={args.updates}",
+    ])
+    scratch = Path(tempfile.mkdtemp(prefix="ppo-align-bench-"))
+    times = {"reuse": [], "recompute": []}
+    logs, replays = {}, {}
+    for r in range(args.repeats):  # alternate the order so drift in machine load hits both sides
+        sides = ["reuse", "recompute"] if r % 2 == 0 else ["recompute", "reuse"]
+        for side in sides:
+            updates, logged, replays[side] = run_side(recipe, scratch / f"{side}-{r}", reuse=side == "reuse")
+            times[side].extend(updates[1:])
+            logs.setdefault(side, logged)
+            print(f"{side} repeat {r}: updates {', '.join(f'{u:.2f}' for u in updates)} s", flush=True)
+
+    identical = logs["reuse"] == logs["recompute"]
+    reuse_s, recompute_s = statistics.median(times["reuse"]), statistics.median(times["recompute"])
+    result = {
+        "benchmark": "critic_layers", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "recipe": args.recipe, "value_last_layers": args.last_layers, "updates": args.updates,
+        "rollout_batch": recipe.rollout_batch_size, "repeats": args.repeats,
+        "reuse_update_s": times["reuse"], "recompute_update_s": times["recompute"],
+        "speedup": recompute_s / reuse_s, "training_passes_reused": replays["reuse"],
+        "identical_training_numbers": identical,
+    }
+    write_result(args.output, result)
+    print(f"median update: {reuse_s:.2f} s with the frozen layers run once, {recompute_s:.2f} s recomputing them: "
+          f"{result['speedup']:.2f}x; logged training numbers {'identical' if identical else 'DIFFER'}")
+    if not identical:
+        raise SystemExit("the reuse changed the training numbers")
+
+
+if __name__ == "__main__":
+    main()
