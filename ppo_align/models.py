@@ -312,6 +312,27 @@ def release_weight_file(model) -> None:
         pass
 
 
+def reuse_freed_memory() -> None:
+    """Have glibc keep freed blocks of up to 32 MB for reuse instead of handing each one back to the system.
+
+    A forward pass on the CPU allocates and frees tensors of several MB per layer. By default glibc serves
+    blocks this large with an mmap of their own and unmaps them when freed, so the next layer's tensors land
+    on fresh pages the kernel must fault in and zero. Kept in the heap they are reused: eval generation on the
+    embedded model ran 1.06x faster on 2 cores with a LoRA adapter (1.04x without), with the same tokens and
+    log-probabilities (``benchmarks/freed_memory.py``). Free memory at the heap's top is still returned past 1 GiB.
+    Does nothing where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's parameter numbers
+    mallopt(m_mmap_threshold, 32 << 20)  # the largest glibc accepts
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 def load_for_inference(section: ModelSection, model_dir: str, tokenizer):
     """The base causal LM for evaluation: quantized as the recipe says, in eval mode, adapters added later.
 

@@ -121,6 +121,7 @@ def evaluate(
         jobs = [job_for_run(r, sets=sets, **options) for r in (runs if many else [runs])]
 
     the_judge = build_judge(judge) if isinstance(judge, str) else judge
+    models.reuse_freed_memory()
     results = [run_job(job, the_judge, full_precision=full_precision, progress=progress) for job in jobs]
     return results if model is None and isinstance(runs, (list, tuple)) else results[0]
 

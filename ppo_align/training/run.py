@@ -88,6 +88,7 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
 
     from transformers import set_seed
 
+    models.reuse_freed_memory()
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
     prompts = load_prompts(recipe, tokenizer)
