@@ -307,7 +307,7 @@ def _run_on_prompts(model, cache, mask, fed: list[list[int]], pad_id: int):
     import torch
 
     width, longest = mask.shape[1], max(len(f) for f in fed)
-    start = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:] + 1  # each row's first position after its prompt
+    start = _positions(mask)[:, -1:] + 1  # each row's first position after its prompt
     inputs = torch.tensor([f + [pad_id] * (longest - len(f)) for f in fed])
     valid = torch.tensor([[1] * len(f) + [0] * (longest - len(f)) for f in fed])
     step = model(input_ids=inputs, attention_mask=torch.cat([mask, valid], dim=1),
@@ -316,13 +316,18 @@ def _run_on_prompts(model, cache, mask, fed: list[list[int]], pad_id: int):
     return torch.log_softmax(step.logits.float(), dim=-1)
 
 
+def _positions(mask):
+    """Each token's position, counted over the attention mask as generation counts it, so left padding does
+    not shift them (padding positions get 0)."""
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
 def _encode_prompts(model, ids, mask):
     """The key/value cache of left-padded prompts and the next-token log-probabilities after each: the same
-    numbers as generation's own first step (positions follow the mask, as there)."""
+    numbers as generation's own first step."""
     import torch
 
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
     return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
@@ -345,9 +350,7 @@ def _tail_log_probs(model, ids, mask, tail: int):
     """Log-probabilities predicting the last ``tail`` tokens of each row (logits at t predict token t + 1)."""
     import torch
 
-    # Positions follow the attention mask, as in generation, so left padding does not shift them.
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     # Only the continuation's positions: the vocabulary projection and softmax over the prompt
     # too would cost a large share of the forward and GBs of memory.
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=tail + 1).logits
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=tail + 1).logits
     return torch.log_softmax(logits[:, :-1].float(), dim=-1)
