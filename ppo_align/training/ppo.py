@@ -202,7 +202,6 @@ def _forward(model, query_responses, pad_token_id):
 _trl_ppo.batch_generation, _trl_ppo.forward = _batch_generation, _forward
 
 
-
 class CriticFrozenLayers:
     """The value model's frozen lower layers, computed once per rollout batch instead of once more per training pass.
 
@@ -244,15 +243,16 @@ class CriticFrozenLayers:
     def _start_pass(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        if input_ids is None or (mask is not None and mask.dim() != 2):  # embeddings given, or a prepared 4-D mask
+        # Embeddings given, a prepared 4-D mask, or inference-mode tensors (which could not feed a pass with
+        # gradients later): computed as usual.
+        if input_ids is None or (mask is not None and mask.dim() != 2) or torch.is_inference_mode_enabled():
             self._mode = "compute"
             return
+        # Keyed by tokens and mask: TRL derives the positions from the mask in both passes.
         ids = input_ids.cpu().numpy()
         masks = mask.cpu().numpy() if mask is not None else None
         self._keys = [ids[row].tobytes() + (masks[row].tobytes() if masks is not None else b"") for row in range(len(ids))]
-        if torch.is_inference_mode_enabled():  # such tensors could not feed a pass with gradients later
-            self._mode = "compute"
-        elif not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             if self._trained:  # a new rollout batch: the last one's states are done with
                 self.kept.clear()
                 self._trained = False
