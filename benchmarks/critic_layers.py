@@ -2,7 +2,7 @@
 
 With `value.lora.last_layers: 4`, 26 of the value model's 30 layers hold no trainable weight, and TRL's
 training passes would recompute what its rollout value pass already computed over the same sequences.
-`CriticFrozenLayers` keeps the rollout's output of those layers for the training passes. Both sides here
+`FrozenLowerLayers` keeps the rollout's output of those layers for the training passes. Both sides here
 get freshly loaded, identically seeded models, the default recipe's PPO shape (no warm start, monitor or
 audit: per-update cost only) and the same seed; the side without reuse has it switched off. The result
 records the median update time of each side (first update excluded as warm-up), their ratio, and whether
@@ -29,14 +29,14 @@ TIMING_KEYS = ("eps", "time", "runtime", "per_second")
 
 
 def run_side(recipe, out: Path, reuse: bool) -> tuple[list[float], list[dict], int]:
-    install = ppo.CriticFrozenLayers.install
+    install = ppo.FrozenLowerLayers.for_value_model
     if not reuse:
-        ppo.CriticFrozenLayers.install = classmethod(lambda cls, value_model: None)
+        ppo.FrozenLowerLayers.for_value_model = classmethod(lambda cls, value_model: None)
     try:
         tokenizer, prompts, scorer, policy, value = build(recipe)
         run = ppo.PPORun(recipe, out, tokenizer, policy, value, scorer, prompts)
     finally:
-        ppo.CriticFrozenLayers.install = install
+        ppo.FrozenLowerLayers.for_value_model = install
     timer = UpdateTimer()
     run.trainer.add_callback(timer)
     run.train()

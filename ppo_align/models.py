@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -431,6 +432,24 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Pa
     policy.load_adapter(str(warm_start), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     policy.set_adapter("default")  # also leaves only the active adapter trainable
     return policy
+
+
+def freeze_lower_layers(policy, trained_layers: int, adapter: str = "default") -> int:
+    """Stop training ``adapter`` below the policy's last ``trained_layers`` decoder layers; return the layers frozen.
+
+    Idempotent: PEFT's ``set_adapter`` makes the whole active adapter trainable again, so callers that switch
+    adapters call this after switching back.
+    """
+    num_layers = policy.config.num_hidden_layers
+    if trained_layers > num_layers:
+        raise UserError(f"ppo.train_last_layers = {trained_layers}: the model has only {num_layers} decoder layers; "
+                        f"fix: use at most {num_layers}, or drop the key to train every layer")
+    frozen = num_layers - trained_layers
+    for name, param in policy.named_parameters():
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        if layer and int(layer.group(1)) < frozen and f".{adapter}." in name:
+            param.requires_grad_(False)
+    return frozen
 
 
 def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, tokenizer):

@@ -237,18 +237,18 @@ def test_the_value_models_frozen_layers_run_once_per_rollout_and_change_nothing(
     # Training micro-batches of 2 rows, shuffled, out of rollout passes of 4: kept rows must find their sequence.
     tiny_recipe["ppo"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
     installed = []
-    install = ppo.CriticFrozenLayers.install.__func__
+    install = ppo.FrozenLowerLayers.for_value_model.__func__
 
     def recording(cls, value_model):
         installed.append(install(cls, value_model))
         return installed[-1]
 
-    monkeypatch.setattr(ppo.CriticFrozenLayers, "install", classmethod(recording))
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "for_value_model", classmethod(recording))
     kept = train(load_recipe({**tiny_recipe, "output": {**tiny_recipe["output"], "name": "kept"}}), progress=False)
     assert installed[0] is not None and installed[0].frozen == 1
     assert installed[0].replays >= 4  # every training pass of both updates
 
-    monkeypatch.setattr(ppo.CriticFrozenLayers, "install", classmethod(lambda cls, value_model: None))
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "for_value_model", classmethod(lambda cls, value_model: None))
     recomputed = train(load_recipe({**tiny_recipe, "output": {**tiny_recipe["output"], "name": "recomputed"}}), progress=False)
 
     def numbers(run):

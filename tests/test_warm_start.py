@@ -148,3 +148,52 @@ def test_warm_start_trains_is_cached_and_is_the_ppo_reference(warm_recipe, tiny_
     demos.write_text(demos.read_text() + json.dumps({"prompt": "Name a colour.", "response": "Blue."}) + "\n")
     ensure_warm_start(recipe, str(tiny_model_dir), tokenizer, progress=False)
     assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_a_policy_trained_in_its_top_layers_starts_training_passes_from_the_reference_pass(warm_recipe, monkeypatch):
+    """ppo.train_last_layers: the layers below stay the warm start's, so the reference pass computes them for the
+    policy too. Training from its kept states must equal recomputing them (metrics and saved weights), the frozen
+    layers must stay exactly the warm start's while the top layer trains, and KL must start at 0."""
+    from safetensors.torch import load_file
+
+    from ppo_align.training import ppo
+    from ppo_align.training.run import train
+
+    warm_recipe["ppo"].update(train_last_layers=1, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    installed, policies = [], []
+    for_policy = ppo.FrozenLowerLayers.for_policy.__func__
+
+    def recording(cls, policy, reference_adapter):
+        installed.append(for_policy(cls, policy, reference_adapter))
+        policies.append(policy)
+        return installed[-1]
+
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "for_policy", classmethod(recording))
+    kept = train(load_recipe({**warm_recipe, "output": {**warm_recipe["output"], "name": "kept"}}), progress=False)
+    assert installed[0] is not None and installed[0].frozen == 1  # the tiny model has 2 decoder layers
+    assert installed[0].replays >= 4  # every training pass of both updates
+    # TRL switches back to the policy's adapter after each reference pass, which makes all of it trainable again.
+    assert not any(p.requires_grad for n, p in policies[0].named_parameters() if ".layers.0." in n)
+
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "for_policy", classmethod(lambda cls, policy, reference_adapter: None))
+    recomputed = train(load_recipe({**warm_recipe, "output": {**warm_recipe["output"], "name": "recomputed"}}),
+                       progress=False)
+
+    def numbers(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("step_time_s", "tokens_per_s")}
+                for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert numbers(kept) == numbers(recomputed)
+    assert abs(numbers(kept)[0]["kl"]) < 1e-6
+    for part in ("policy", "value"):
+        a = load_file(kept.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        b = load_file(recomputed.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+    trained = load_file(kept.dir / "checkpoint-2" / "policy" / "adapter_model.safetensors")
+    start = load_file(kept.dir / "warm-start" / "adapter" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys()
+    lower = [k for k in trained if ".layers.0." in k]
+    upper = [k for k in trained if ".layers.1." in k]
+    assert lower and all(torch.equal(trained[k], start[k].to(trained[k].dtype)) for k in lower), "a frozen layer trained"
+    assert any(not torch.equal(trained[k], start[k].to(trained[k].dtype)) for k in upper), "the top layer did not train"

@@ -222,7 +222,7 @@ class ValueSection(Section):
 
 
 PPO_ONLY = ("num_mini_batches", "num_ppo_epochs", "kl_estimator", "cliprange", "cliprange_value", "vf_coef", "gamma",
-            "lam", "whiten_rewards", "missing_eos_penalty", "local_rollout_forward_batch_size")
+            "lam", "whiten_rewards", "missing_eos_penalty", "local_rollout_forward_batch_size", "train_last_layers")
 """`ppo` keys that only the PPO algorithm reads (with the `value` section): its value model, GAE and mini-batch loop."""
 
 
@@ -272,6 +272,10 @@ class PPOSection(Section):
     """Subtracted from the reward of responses that hit response_length without ending. (PPO only.)"""
     local_rollout_forward_batch_size: int = Field(16, ge=1)
     """Batch size of the no-grad forward passes that score rollouts. (PPO only.)"""
+    train_last_layers: int | None = Field(None, ge=1)
+    """Train the policy's adapter in its last N decoder layers only (default: all). The layers below keep the
+    weights they start with (after a warm start, the reference's), so the reference pass computes them for the
+    policy as well: training passes start from there, and backward stops at the lowest trained layer. (PPO only.)"""
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     """Learning-rate schedule over the run's updates."""
     warmup_steps: int = Field(0, ge=0)

@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -202,16 +203,17 @@ def _forward(model, query_responses, pad_token_id):
 _trl_ppo.batch_generation, _trl_ppo.forward = _batch_generation, _forward
 
 
-class CriticFrozenLayers:
-    """The value model's frozen lower layers, computed once per rollout batch instead of once more per training pass.
+class FrozenLowerLayers:
+    """A decoder's frozen lower layers, computed once per rollout batch instead of once more per training pass.
 
-    With the value model's LoRA on its top layers only (``value.lora.last_layers``), the layers below hold no
-    trainable weight, so TRL's training passes recompute what its rollout value pass already computed over the
-    same sequences (about 26 of the value model's 30 layers per training pass at the default shape). The rollout
-    pass, which runs without gradients, keeps each sequence's output of the last frozen layer; a training pass
-    whose sequences were all kept starts from there and runs the adapted layers only. Values, losses and weights
-    stay the same bit for bit (tested): a row's output of these layers does not depend on the other rows of its
-    batch on the CPU kernels. What is kept lives one rollout batch (a few MB at the default shape).
+    When a model trains adapters in its top layers only, the layers below hold no trainable weight, and TRL's
+    training passes would recompute what a no-grad pass of the rollout already computed over the same
+    sequences. That pass keeps each sequence's output of the last frozen layer; a training pass whose sequences
+    were all kept starts from there and runs the trained layers only. For the value model (``value.lora.
+    last_layers``) the keeping pass is its own rollout pass; for the policy (``ppo.train_last_layers``) it is the
+    reference pass, whose lower layers are the policy's (``install`` checks it). Values, losses and weights stay
+    the same bit for bit (tested): a row's output of these layers does not depend on the other rows of its batch
+    on the CPU kernels. What is kept lives one rollout batch (a few MB at the default shape).
     """
 
     def __init__(self, decoder: nn.Module, layers: nn.ModuleList, frozen: int):
@@ -228,24 +230,25 @@ class CriticFrozenLayers:
             layers[index].forward = self._layer_forward(layers[index].forward, last=index == frozen - 1)
 
     @classmethod
-    def install(cls, value_model: nn.Module) -> "CriticFrozenLayers | None":
-        """Set up on ``value_model`` if its lowest decoder layers have no trainable weight; None otherwise."""
-        base = value_model.get_base_model() if hasattr(value_model, "get_base_model") else value_model
-        decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
-        layers = getattr(decoder, "layers", None)
-        if not isinstance(layers, nn.ModuleList):
-            return None
-        frozen = 0
-        while frozen < len(layers) and not any(p.requires_grad for p in layers[frozen].parameters()):
-            frozen += 1
+    def for_value_model(cls, value_model: nn.Module) -> "FrozenLowerLayers | None":
+        """Set up on the value model if its lowest decoder layers have no trainable weight; None otherwise."""
+        decoder, layers, frozen = _frozen_prefix(value_model)
         return cls(decoder, layers, frozen) if frozen else None
+
+    @classmethod
+    def for_policy(cls, policy: nn.Module, reference_adapter: str | None) -> "FrozenLowerLayers | None":
+        """Set up on the policy if its lowest decoder layers have no trainable weight and compute what the
+        reference's do (``reference_adapter``, or adapters disabled when None); None otherwise."""
+        decoder, layers, frozen = _frozen_prefix(policy)
+        return cls(decoder, layers, frozen) if frozen and _same_weights(layers[:frozen], "default", reference_adapter) else None
 
     def _start_pass(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        # Embeddings given, a prepared 4-D mask, or inference-mode tensors (which could not feed a pass with
-        # gradients later): computed as usual.
-        if input_ids is None or (mask is not None and mask.dim() != 2) or torch.is_inference_mode_enabled():
+        # Embeddings given, a prepared 4-D mask, a generation step (a cache), or inference-mode tensors (which
+        # could not feed a pass with gradients later): computed as usual.
+        if (input_ids is None or (mask is not None and mask.dim() != 2) or kwargs.get("past_key_values") is not None
+                or torch.is_inference_mode_enabled()):
             self._mode = "compute"
             return
         # Keyed by tokens and mask: TRL derives the positions from the mask in both passes.
@@ -272,6 +275,40 @@ class CriticFrozenLayers:
             return output
 
         return run
+
+
+def _frozen_prefix(model: nn.Module) -> tuple[nn.Module | None, nn.ModuleList | None, int]:
+    """The decoder, its layers, and how many of the lowest hold no trainable weight (0 when there is no decoder)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        return None, None, 0
+    frozen = 0
+    while frozen < len(layers) and not any(p.requires_grad for p in layers[frozen].parameters()):
+        frozen += 1
+    return decoder, layers, frozen
+
+
+def _same_weights(layers: nn.ModuleList, adapter: str, other: str | None) -> bool:
+    """Whether ``layers`` compute the same with ``adapter`` active as with ``other`` (None: adapters disabled, which
+    an adapter whose B is zero matches): identical LoRA weights, dtype included, wherever either is present."""
+    for module in layers.modules():
+        a_parts, b_parts = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(b_parts, nn.ModuleDict):
+            continue
+        if other is None:
+            if adapter in b_parts and b_parts[adapter].weight.any():
+                return False
+            continue
+        for parts in (a_parts, b_parts):
+            if (adapter in parts) != (other in parts):
+                return False
+            if adapter in parts:
+                a, b = parts[adapter].weight, parts[other].weight
+                if a.dtype != b.dtype or not torch.equal(a, b):
+                    return False
+    return True
 
 
 SCHEDULER_FILE = "scheduler.json"
@@ -325,6 +362,8 @@ class PPORun(OnlineRun):
                  prompts: PromptSet, progress_factory=None, monitor: Monitor | None = None):
         self.recipe, self.run_dir, self.monitor = recipe, run_dir, monitor
         require_one_batch(recipe, prompts)
+        if recipe.ppo.train_last_layers:  # before TRL builds the optimizer from the trainable weights
+            models.freeze_lower_layers(policy, recipe.ppo.train_last_layers)
         self.reward = TRLRewardModule(scorer, prompts, tokenizer)
         self.callback = RunCallback(self)
         self._progress_factory = progress_factory
@@ -340,9 +379,17 @@ class PPORun(OnlineRun):
         )
         for noisy in (PrinterCallback, ProgressCallback):
             self.trainer.remove_callback(noisy)
-        self.critic_layers = CriticFrozenLayers.install(self.unwrapped.value_model)
+        self.critic_layers = FrozenLowerLayers.for_value_model(self.unwrapped.value_model)
         if self.critic_layers:
             log.info("value model: its %d frozen lower layers run once per rollout batch", self.critic_layers.frozen)
+        self.policy_layers = None
+        if recipe.ppo.train_last_layers:
+            self._keep_lower_layers_frozen()
+            reference = models.REFERENCE_ADAPTER if recipe.reference_mode == "warm-start" else None
+            self.policy_layers = FrozenLowerLayers.for_policy(self.policy, reference)
+            if self.policy_layers:
+                log.info("policy: its %d frozen lower layers run once per rollout batch, in the reference pass",
+                         self.policy_layers.frozen)
         # TRL's PPO prints one thing through the accelerator, "===training policy===" at every start; the progress
         # bar already says so.
         self.trainer.accelerator.print = lambda *args, **kwargs: None
@@ -375,6 +422,19 @@ class PPORun(OnlineRun):
         # are saved as adapters instead (a full state dict would carry the 4-bit base).
         accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: (models.clear(), weights.clear()))
         accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+    def _keep_lower_layers_frozen(self) -> None:
+        """After each reference pass TRL switches back to the policy's adapter, and PEFT's ``set_adapter`` makes
+        all of it trainable again: freeze the lower layers once more, before the training passes."""
+        reference_pass = self.trainer.null_ref_context
+
+        @contextmanager
+        def then_refreeze():
+            with reference_pass():
+                yield
+            models.freeze_lower_layers(self.policy, self.recipe.ppo.train_last_layers)
+
+        self.trainer.null_ref_context = then_refreeze
 
     # ----------------------------------------------------------------- parts
     @property
