@@ -150,13 +150,16 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     has_value = recipe.algorithm == "ppo"  # RLOO and GRPO have no value model
     value_section = recipe.value.lora or m.lora
     policy_lora, value_lora = lora_params(m.lora), (lora_params(value_section) + h if has_value else 0)
-    trainable = policy_lora + value_lora
+    # ppo.train_last_layers: the policy's adapter below stays frozen (weights only, no gradients or moments).
+    policy_trained_layers = min(p.train_last_layers or layers, adapted(m.lora)) if has_value else adapted(m.lora)
+    policy_trained = policy_lora * policy_trained_layers // adapted(m.lora)
+    trainable = policy_trained + value_lora
     components = [
         Component("policy base", base(m.quantization.load_in_4bit),
                   "4-bit linear layers + embeddings" if m.quantization.load_in_4bit else "full precision"),
         *([Component("value base", base(m.quantization.load_in_4bit, with_lm_head=False),
                      "a second copy of the base, with a scalar head")] if has_value else []),
-        Component("LoRA weights, gradients, AdamW moments", trainable * (4 + 4 + 8),
+        Component("LoRA weights, gradients, AdamW moments", trainable * (4 + 4 + 8) + (policy_lora - policy_trained) * 4,
                   f"{trainable / 1e6:.1f}M trainable parameters ({'policy + value' if has_value else 'policy'})"),
     ]
     if recipe.warm_start is not None or (not has_value and p.kl_coef > 0):
@@ -189,7 +192,7 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     per_token_layer = (h if m.gradient_checkpointing else
                        6 * h + 2 * kv * head_dim + heads * head_dim + heads * seq + 4 * inter)
     # Autograd keeps them only from the lowest adapted layer up, in the policy (and the value model).
-    saved = (adapted(m.lora) + (adapted(value_section) if has_value else 0)) * tokens * per_token_layer * act
+    saved = (policy_trained_layers + (adapted(value_section) if has_value else 0)) * tokens * per_token_layer * act
     # The policy's full logits, and over the response: log-softmax, softmax and softmax·logits (entropy),
     # and the logits' gradient.
     logits = micro * seq * vocab * act + 4 * micro * p.response_length * vocab * 4

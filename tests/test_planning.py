@@ -49,10 +49,19 @@ def test_components_follow_the_recipe(tiny_recipe):
     assert top.optimisation_bytes < full.optimisation_bytes
     assert _by_name(top)["LoRA weights, gradients, AdamW moments"] < _by_name(full)["LoRA weights, gradients, AdamW moments"]
 
+    # Training the policy's top layer only keeps its adapter everywhere but gradients and moments in one layer.
+    tiny_recipe["model"]["lora"]["last_layers"] = None
+    tiny_recipe["ppo"]["train_last_layers"] = 1
+    policy_top = plan(load_recipe(tiny_recipe), available=64 * GiB, device="cpu")
+    assert top.optimisation_bytes < policy_top.optimisation_bytes < full.optimisation_bytes
+    lora = "LoRA weights, gradients, AdamW moments"
+    assert _by_name(top)[lora] < _by_name(policy_top)[lora] < _by_name(full)[lora]
+
 
 def test_rloo_and_grpo_plans_have_no_value_model_and_a_reference_copy():
-    # The value model with the policy's LoRA (every layer), so its share of the adapters is known.
-    ppo = _by_name(plan(load_recipe("smollm2-refusal-boundary", ["value.lora=null"], check_resources=False),
+    # The value model with the policy's LoRA, every layer of both trained, so its share of the adapters is known.
+    ppo = _by_name(plan(load_recipe("smollm2-refusal-boundary", ["value.lora=null", "ppo.train_last_layers=null"],
+                                    check_resources=False),
                         available=24 * GiB, device="cpu"))
     for name in ("smollm2-refusal-boundary-rloo", "smollm2-refusal-boundary-grpo"):
         parts = _by_name(plan(load_recipe(name, check_resources=False), available=24 * GiB, device="cpu"))
