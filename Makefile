@@ -54,7 +54,8 @@ bench: setup
 	$(BIN)/python benchmarks/checkpoint_sweep.py
 	$(BIN)/python benchmarks/eval_reuse.py
 	$(BIN)/python benchmarks/freed_memory.py
-	$(BIN)/python benchmarks/critic_layers.py
+	$(BIN)/python benchmarks/frozen_layers.py --part value
+	$(BIN)/python benchmarks/frozen_layers.py --part policy
 	$(BIN)/python benchmarks/layer_overhead.py
 	$(BIN)/python benchmarks/judge_speed.py
 	$(BIN)/python benchmarks/ppo_memory.py

@@ -564,3 +564,37 @@ def test_trl_start_banner_is_not_printed(tiny_recipe, capsys):
     tiny_recipe["ppo"]["total_episodes"] = 4
     train(load_recipe(tiny_recipe), progress=False)
     assert "===training policy===" not in capsys.readouterr().out
+
+
+def test_the_policys_frozen_layers_are_reused_only_where_they_compute_what_the_references_do(tiny_recipe):
+    """The reference pass feeds the policy's training passes only if the frozen layers hold the reference's weights:
+    a lower layer that differs (a resumed run trained otherwise, say) turns the reuse off."""
+    from ppo_align import models
+    from ppo_align.training.ppo import FrozenLowerLayers
+
+    recipe = load_recipe(tiny_recipe)
+    model_dir = models.resolve_model_dir(recipe.model.source)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+
+    def policy_with_reference():
+        policy = models.load_policy(recipe.model, model_dir, tokenizer)
+        policy.add_adapter(models.REFERENCE_ADAPTER, policy.peft_config["default"])
+        for name, param in policy.named_parameters():  # a non-zero warm start, copied into the reference
+            if ".default." in name:
+                torch.manual_seed(len(name))
+                param.data = torch.randn_like(param)
+        state = {n.replace(".default.", f".{models.REFERENCE_ADAPTER}."): p.detach().clone()
+                 for n, p in policy.named_parameters() if ".default." in n}
+        policy.load_state_dict(state, strict=False)
+        assert models.freeze_lower_layers(policy, 1) == 1
+        return policy
+
+    assert FrozenLowerLayers.for_policy(policy_with_reference(), models.REFERENCE_ADAPTER).frozen == 1
+    assert FrozenLowerLayers.for_policy(policy_with_reference(), None) is None  # adapters disabled: B is not zero
+    policy = policy_with_reference()
+    lower = next(p for n, p in policy.named_parameters() if ".layers.0." in n and ".default." in n and "lora_B" in n)
+    lower.data[0, 0] += 1e-3
+    assert FrozenLowerLayers.for_policy(policy, models.REFERENCE_ADAPTER) is None
+    fresh = models.load_policy(recipe.model, model_dir, tokenizer)  # no warm start: B starts at zero
+    models.freeze_lower_layers(fresh, 1)
+    assert FrozenLowerLayers.for_policy(fresh, None).frozen == 1

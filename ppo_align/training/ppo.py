@@ -240,7 +240,9 @@ class FrozenLowerLayers:
         """Set up on the policy if its lowest decoder layers have no trainable weight and compute what the
         reference's do (``reference_adapter``, or adapters disabled when None); None otherwise."""
         decoder, layers, frozen = _frozen_prefix(policy)
-        return cls(decoder, layers, frozen) if frozen and _same_weights(layers[:frozen], "default", reference_adapter) else None
+        if not frozen or not _same_weights(layers[:frozen], "default", reference_adapter):
+            return None
+        return cls(decoder, layers, frozen)
 
     def _start_pass(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -382,14 +384,9 @@ class PPORun(OnlineRun):
         self.critic_layers = FrozenLowerLayers.for_value_model(self.unwrapped.value_model)
         if self.critic_layers:
             log.info("value model: its %d frozen lower layers run once per rollout batch", self.critic_layers.frozen)
-        self.policy_layers = None
+        self.policy_layers: FrozenLowerLayers | None = None  # set up in train(), once a checkpoint is loaded
         if recipe.ppo.train_last_layers:
             self._keep_lower_layers_frozen()
-            reference = models.REFERENCE_ADAPTER if recipe.reference_mode == "warm-start" else None
-            self.policy_layers = FrozenLowerLayers.for_policy(self.policy, reference)
-            if self.policy_layers:
-                log.info("policy: its %d frozen lower layers run once per rollout batch, in the reference pass",
-                         self.policy_layers.frozen)
         # TRL's PPO prints one thing through the accelerator, "===training policy===" at every start; the progress
         # bar already says so.
         self.trainer.accelerator.print = lambda *args, **kwargs: None
@@ -495,6 +492,13 @@ class PPORun(OnlineRun):
     def train(self, resume_from: checkpoints.Checkpoint | None = None) -> None:
         total = self.total_updates
         done = self.load(resume_from) if resume_from else 0
+        if self.recipe.ppo.train_last_layers and self.policy_layers is None:
+            # After loading: the check that the frozen layers are the reference's must see the weights that train.
+            reference = models.REFERENCE_ADAPTER if self.recipe.reference_mode == "warm-start" else None
+            self.policy_layers = FrozenLowerLayers.for_policy(self.policy, reference)
+            if self.policy_layers:
+                log.info("policy: its %d frozen lower layers run once per rollout batch, in the reference pass",
+                         self.policy_layers.frozen)
         if done >= total:
             log.info("nothing to do: %s already reached %d of %d updates", resume_from.path.name, done, total)
             return
