@@ -173,10 +173,7 @@ def lora_config(lora: Lora, task_type: str, model, modules_to_save: list[str] | 
     layers = None
     if lora.last_layers is not None:
         num_layers = model.config.num_hidden_layers
-        if lora.last_layers > num_layers:
-            raise UserError(f"lora.last_layers = {lora.last_layers}: the model has only {num_layers} decoder layers; "
-                            f"fix: use at most {num_layers}, or drop the key to adapt every layer")
-        layers = list(range(num_layers - lora.last_layers, num_layers))
+        layers = list(range(num_layers - check_layer_count("lora.last_layers", lora.last_layers, model.config), num_layers))
         if targets == "all-linear":  # PEFT takes a layer subset only with named modules
             targets = _decoder_linear_names(model)
     return LoraConfig(
@@ -434,17 +431,28 @@ def load_policy(section: ModelSection, model_dir: str, tokenizer, warm_start: Pa
     return policy
 
 
+def check_layer_count(key: str, layers: int, model) -> int:
+    """``layers`` if the model (a config, or a model directory) has that many decoder layers; a UserError otherwise."""
+    if isinstance(model, (str, Path)):  # config.json read as data: a model with its own code is not run for this
+        try:
+            available = json.loads((Path(model) / "config.json").read_text()).get("num_hidden_layers")
+        except (OSError, ValueError):
+            available = None
+    else:
+        available = model.num_hidden_layers
+    if available is not None and layers > available:
+        raise UserError(f"{key} = {layers}: the model has only {available} decoder layers; "
+                        f"fix: use at most {available}, or drop the key for every layer")
+    return layers
+
+
 def freeze_lower_layers(policy, trained_layers: int, adapter: str = "default") -> int:
     """Stop training ``adapter`` below the policy's last ``trained_layers`` decoder layers; return the layers frozen.
 
     Idempotent: PEFT's ``set_adapter`` makes the whole active adapter trainable again, so callers that switch
     adapters call this after switching back.
     """
-    num_layers = policy.config.num_hidden_layers
-    if trained_layers > num_layers:
-        raise UserError(f"ppo.train_last_layers = {trained_layers}: the model has only {num_layers} decoder layers; "
-                        f"fix: use at most {num_layers}, or drop the key to train every layer")
-    frozen = num_layers - trained_layers
+    frozen = policy.config.num_hidden_layers - check_layer_count("ppo.train_last_layers", trained_layers, policy.config)
     for name, param in policy.named_parameters():
         layer = re.search(r"\.layers\.(\d+)\.", name)
         if layer and int(layer.group(1)) < frozen and f".{adapter}." in name:

@@ -224,6 +224,10 @@ def test_last_layers_adapts_and_trains_only_the_top_layers(tiny_recipe, tiny_mod
     tokenizer = models.load_tokenizer(recipe.model, str(tiny_model_dir))
     with pytest.raises(UserError, match="last_layers = 3: the model has only 2 decoder layers"):
         models.load_policy(recipe.model, str(tiny_model_dir), tokenizer)
+    # The policy's trained layers are checked before anything trains (a warm start would come first).
+    with pytest.raises(UserError, match="ppo.train_last_layers = 3: the model has only 2 decoder layers"):
+        train(load_recipe({**tiny_recipe, "ppo": {**tiny_recipe["ppo"], "train_last_layers": 3},
+                           "output": {**tiny_recipe["output"], "name": "too-many"}}), progress=False)
 
 
 def test_the_value_models_frozen_layers_run_once_per_rollout_and_change_nothing(tiny_recipe, monkeypatch):

@@ -91,6 +91,8 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
     models.reuse_freed_memory()
     model_dir = models.resolve_model_dir(recipe.model.source)
     tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    if recipe.ppo.train_last_layers:  # checked here, not minutes later after the warm start
+        models.check_layer_count("ppo.train_last_layers", recipe.ppo.train_last_layers, model_dir)
     prompts = load_prompts(recipe, tokenizer)
     monitor = None
     if recipe.monitor.holdout:
