@@ -175,7 +175,7 @@ class EvalResults:
         if self.latest in agreement and self.targets[0] in agreement:
             parts.append(Text(f"the reward's judge ({self.data['judge']['reward_judge']}) gives the eval judge's label to "
                               f"{agreement[self.targets[0]]['three_way']:.0%} of the reference's responses and "
-                              f"{agreement[self.latest]['three_way']:.0%} of {self.latest}'s (a fall: PPO pleasing the "
+                              f"{agreement[self.latest]['three_way']:.0%} of {self.latest}'s (a fall would be PPO pleasing the "
                               "reward's judge; see the report's reward-hacking check)"))
         if self.data["judge"].get("same_as_reward"):
             parts.append(Text(f"warning: the eval judge is also this run's reward ({self.data['judge']['reward_judge']}); "
