@@ -211,7 +211,7 @@ class FrozenLowerLayers:
     sequences. That pass keeps each sequence's output of the last frozen layer; a training pass whose sequences
     were all kept starts from there and runs the trained layers only. For the value model (``value.lora.
     last_layers``) the keeping pass is its own rollout pass; for the policy (``ppo.train_last_layers``) it is the
-    reference pass, whose lower layers are the policy's (``install`` checks it). Values, losses and weights stay
+    reference pass, whose lower layers are the policy's (``for_policy`` checks it). Values, losses and weights stay
     the same bit for bit (tested): a row's output of these layers does not depend on the other rows of its batch
     on the CPU kernels. What is kept lives one rollout batch (a few MB at the default shape).
     """
