@@ -197,3 +197,33 @@ def test_a_policy_trained_in_its_top_layers_starts_training_passes_from_the_refe
     upper = [k for k in trained if ".layers.1." in k]
     assert lower and all(torch.equal(trained[k], start[k].to(trained[k].dtype)) for k in lower), "a frozen layer trained"
     assert any(not torch.equal(trained[k], start[k].to(trained[k].dtype)) for k in upper), "the top layer did not train"
+
+
+def test_a_warm_start_with_the_same_inputs_is_copied_from_another_run_not_trained_again(warm_recipe, tiny_model_dir,
+                                                                                         monkeypatch):
+    """Runs in one output directory share a warm start built from the same inputs (a recipe's PPO variants, another
+    algorithm); a different input (the seed) trains its own."""
+    from ppo_align import models
+    from ppo_align.rundir import STAGE_INFO, RunDir
+    from ppo_align.training import warm_start
+
+    first = load_recipe({**warm_recipe, "output": {**warm_recipe["output"], "name": "first"}})
+    tokenizer = models.load_tokenizer(first.model, str(tiny_model_dir))
+    built = warm_start.ensure_warm_start(first, str(tiny_model_dir), tokenizer, progress=False)
+
+    trained = []
+    real_train = warm_start.train_warm_start
+    monkeypatch.setattr(warm_start, "train_warm_start",
+                        lambda *args, **kwargs: trained.append(1) or real_train(*args, **kwargs))
+    variant = load_recipe({**warm_recipe, "output": {**warm_recipe["output"], "name": "variant"},
+                           "ppo": {**warm_recipe["ppo"], "kl_coef": 0.5, "learning_rate": 1e-3}})
+    copied = warm_start.ensure_warm_start(variant, str(tiny_model_dir), tokenizer, progress=False)
+    assert not trained and copied != built
+    assert (copied / "adapter_model.safetensors").read_bytes() == (built / "adapter_model.safetensors").read_bytes()
+    stage_info = [(RunDir(r.run_dir).warm_start / STAGE_INFO).read_text() for r in (variant, first)]
+    assert stage_info[0] == stage_info[1]
+
+    other_seed = load_recipe({**warm_recipe, "output": {**warm_recipe["output"], "name": "other-seed"},
+                              "ppo": {**warm_recipe["ppo"], "seed": 7}})
+    warm_start.ensure_warm_start(other_seed, str(tiny_model_dir), tokenizer, progress=False)
+    assert trained == [1]
