@@ -34,35 +34,29 @@ def info(stage: Path) -> dict:
 
 def cached_stage(stage: Path, key: str, build: Callable[[Path], dict]) -> Path:
     """``stage``, rebuilt by ``build(directory) -> facts`` unless it was built from the same ``key``: here, or in
-    another run of the same output directory (copied from there: a seed's variants, or the same warm start
+    another run of the same output directory (copied from there: a recipe's variants, or the same warm start
     under another algorithm, need not train it again)."""
     if info(stage).get("key") == key:
         log.info("%s: reusing it (inputs unchanged)", stage)
         return stage
 
-    single = process_state().num_processes == 1
-    twin = next((other for other in sorted(stage.parent.parent.glob(f"*/{stage.name}"))
-                 if other != stage and info(other).get("key") == key), None) if single else None
-    if twin is not None:
-        log.info("%s: copying it from %s (the same inputs)", stage, twin)
-        tmp = stage.with_name(f".tmp-{stage.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(twin, tmp)
-        shutil.rmtree(stage, ignore_errors=True)
-        os.replace(tmp, stage)
-        return stage
-
-    if not single:  # its trainer would need every process, and its files one writer
+    if process_state().num_processes > 1:  # its trainer would need every process, and its files one writer
         raise UserError(f"{stage}: not built yet (or its inputs changed), and it is built by a single process; "
                         "fix: run `ppo-align train` on the recipe once without several processes (it builds this "
                         "stage first; Ctrl-C once PPO starts is fine), then launch with several processes")
+    twin = next((other for other in sorted(stage.parent.parent.glob(f"*/{stage.name}"))
+                 if other != stage and info(other).get("key") == key), None)
     tmp = stage.with_name(f".tmp-{stage.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    facts = build(tmp)
-    (tmp / STAGE_INFO).write_text(json.dumps({"key": key, **facts}, indent=2))
+    if twin is not None:
+        log.info("%s: copying it from %s (the same inputs)", stage, twin)
+        shutil.copytree(twin, tmp)
+    else:
+        tmp.mkdir(parents=True)
+        facts = build(tmp)
+        (tmp / STAGE_INFO).write_text(json.dumps({"key": key, **facts}, indent=2))
     shutil.rmtree(stage, ignore_errors=True)
-    os.replace(tmp, stage)
+    os.replace(tmp, stage)  # built or copied whole in a temporary directory first
     return stage
 
 
