@@ -3,13 +3,16 @@
 In the default recipe 26 of 30 layers hold no trainable weight in the value model (`value.lora.last_layers: 4`)
 and in the policy (`ppo.train_last_layers: 4`), and TRL's training passes would recompute what a no-grad pass of
 the rollout already computed over the same sequences (the value pass; for the policy, the reference pass).
-`FrozenLowerLayers` keeps that pass's output of those layers for the training passes. Both sides here get
-freshly loaded, identically seeded models, the default recipe's PPO shape (no warm start, monitor or audit:
-per-update cost only) and the same seed; the side without reuse has it switched off for `--part` only. The
-result records the median update time of each side (first update excluded as warm-up), their ratio, and
-whether every logged training number is identical on both sides (it must be: the reuse is exact).
+`FrozenLowerLayers` keeps that pass's output of those layers for the training passes. `--part shared`: a value
+model whose frozen layers compute what the reference's do (`value.trunk: reference`; without a warm start the
+reference is the base, so any value model here) also reads the reference pass's states, in its own rollout pass
+too. Both sides here get freshly loaded, identically seeded models, the default recipe's PPO shape (no warm start,
+monitor or audit: per-update cost only) and the same seed; the side without reuse has it switched off for
+`--part` only (`value` and `policy` leave sharing off on both sides). The result records the median update time
+of each side (first update excluded as warm-up), their ratio, and whether every logged training number is
+identical on both sides (it must be: the reuse is exact).
 
-    python benchmarks/frozen_layers.py --part value|policy [--updates 5] [--repeats 2]
+    python benchmarks/frozen_layers.py --part value|policy|shared [--updates 5] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -29,31 +32,39 @@ from ppo_align.training import ppo
 TIMING_KEYS = ("eps", "time", "runtime", "per_second")
 
 
-INSTALLERS = {"value": "for_value_model", "policy": "for_policy"}
+SWITCHES = {  # what turns each part's reuse off
+    "value": ("for_value_model", classmethod(lambda cls, *args: None)),
+    "policy": ("for_policy", classmethod(lambda cls, *args: None)),
+    "shared": ("read_from", lambda self, source: None),
+}
 
 
 def run_side(recipe, out: Path, part: str, reuse: bool) -> tuple[list[float], list[dict], int]:
-    name = INSTALLERS[part]
-    install = getattr(ppo.FrozenLowerLayers, name)
-    if not reuse:
-        setattr(ppo.FrozenLowerLayers, name, classmethod(lambda cls, *args: None))
-    try:  # the value model's reuse is set up with the run, the policy's when it starts training
+    switched = [SWITCHES[part][0]] if not reuse else []
+    if part != "shared":
+        switched.append("read_from")
+    saved = {name: ppo.FrozenLowerLayers.__dict__[name] for name in switched}
+    for name in switched:
+        setattr(ppo.FrozenLowerLayers, name, dict(SWITCHES.values())[name])
+    try:  # the value model's reuse is set up with the run, the policy's (and sharing) when it starts training
         tokenizer, prompts, scorer, policy, value = build(recipe)
         run = ppo.PPORun(recipe, out, tokenizer, policy, value, scorer, prompts)
         timer = UpdateTimer()
         run.trainer.add_callback(timer)
         run.train()
     finally:
-        setattr(ppo.FrozenLowerLayers, name, install)
+        for name, original in saved.items():
+            setattr(ppo.FrozenLowerLayers, name, original)
     logged = [{k: v for k, v in entry.items() if not any(t in k for t in TIMING_KEYS)}
               for entry in run.trainer.state.log_history]
-    layers = run.critic_layers if part == "value" else run.policy_layers
-    return timer.update_seconds(), logged, layers.replays if layers else 0
+    layers = run.policy_layers if part == "policy" else run.critic_layers
+    reused = (layers.borrowed if part == "shared" else layers.replays) if layers else 0
+    return timer.update_seconds(), logged, reused
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=sorted(INSTALLERS), required=True, help="whose frozen layers to compare")
+    parser.add_argument("--part", choices=sorted(SWITCHES), required=True, help="whose frozen layers to compare")
     parser.add_argument("--recipe", default="smollm2-refusal-boundary")
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
@@ -67,8 +78,9 @@ def main() -> None:
     ])
     value_lora = recipe.value.lora or recipe.model.lora
     last_layers = value_lora.last_layers if args.part == "value" else recipe.ppo.train_last_layers
-    if not last_layers:
-        raise SystemExit(f"{args.recipe}: the {args.part} trains every layer; nothing is frozen to reuse")
+    if not last_layers or (args.part == "shared" and value_lora.last_layers != last_layers):
+        raise SystemExit(f"{args.recipe}: nothing frozen to reuse for --part {args.part} (shared: the value model and "
+                         f"the policy must train the same top layers)")
     scratch = Path(tempfile.mkdtemp(prefix="ppo-align-bench-"))
     times = {"reuse": [], "recompute": []}
     logs, replays = {}, {}
@@ -87,7 +99,8 @@ def main() -> None:
         "recipe": args.recipe, "trained_layers": last_layers, "updates": args.updates,
         "rollout_batch": recipe.rollout_batch_size, "repeats": args.repeats,
         "reuse_update_s": times["reuse"], "recompute_update_s": times["recompute"],
-        "speedup": recompute_s / reuse_s, "training_passes_reused": replays["reuse"],
+        "speedup": recompute_s / reuse_s,
+        ("value_rollout_passes_shared" if args.part == "shared" else "training_passes_reused"): replays["reuse"],
         "identical_training_numbers": identical,
     }
     write_result(args.output or f"benchmarks/results/frozen_layers-{args.part}.json", result)

@@ -460,16 +460,36 @@ def freeze_lower_layers(policy, trained_layers: int, adapter: str = "default") -
     return frozen
 
 
-def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, tokenizer):
+def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, tokenizer, reference: Path | None = None):
     """The value model: 4-bit base + LoRA + a trainable scalar head ("score").
 
     A full-precision copy would make each checkpoint carry a ~1 GB optimizer
     state for a 135M model; the LoRA value model's is a few MB.
+
+    ``reference``, a warm-start adapter (``value.trunk: reference``): the value model is built on the reference
+    model instead of the raw base. The adapter is loaded frozen as ``REFERENCE_ADAPTER`` and stays active under
+    the value model's own, so wherever the value model has no adapter of its own, its layers compute exactly
+    what the reference's do.
     """
-    from peft import get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file
 
     base = load_scalar_model(section, model_dir, tokenizer)
-    return get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", base, modules_to_save=["score"]))
+    value = get_peft_model(base, lora_config(lora or section.lora, "SEQ_CLS", base, modules_to_save=["score"]))
+    if reference is None:
+        return value
+    # PeftModel's add_adapter, not the sequence classifier's: that one would give the adapter a score head of its
+    # own, which a causal-LM adapter file does not carry.
+    PeftModel.add_adapter(value, REFERENCE_ADAPTER, LoraConfig.from_pretrained(str(reference)))
+    set_peft_model_state_dict(value, load_file(Path(reference) / "adapter_model.safetensors"), REFERENCE_ADAPTER)
+    for module in value.modules():
+        if isinstance(module, LoraLayer):  # both active; a layer without the value's own adapter skips that one
+            module.set_adapter(["default", REFERENCE_ADAPTER])
+    for name, param in value.named_parameters():  # set_adapter made both trainable; the head's copy too
+        if f".{REFERENCE_ADAPTER}." in name:
+            param.requires_grad_(False)
+    return value
 
 
 def load_scalar_model(section: ModelSection, model_dir: str, tokenizer, *, training: bool = True):

@@ -164,7 +164,11 @@ def plan_memory(recipe: Recipe, *, available: int | None = None, device: str | N
     ]
     if recipe.warm_start is not None or (not has_value and p.kl_coef > 0):
         # PPO's is the frozen warm-start adapter; TRL's RLOO and GRPO copy the starting adapter into one of their own.
-        components.append(Component("reference adapter", policy_lora * 4, "a frozen copy of the starting adapter"))
+        # value.trunk: reference loads the warm-start adapter into the value model as well.
+        copies = 2 if has_value and recipe.warm_start is not None and recipe.value.trunk == "reference" else 1
+        components.append(Component("reference adapter", copies * policy_lora * 4,
+                                    "a frozen copy of the starting adapter" + (", in the policy and the value model"
+                                                                               if copies == 2 else "")))
     if recipe.reward.source == "trained":
         components.append(Component("reward model", base(m.quantization.load_in_4bit, with_lm_head=False) + lora_params(m.lora) * 4,
                                     "the base again + its LoRA and head"))

@@ -72,6 +72,14 @@ def test_rloo_and_grpo_plans_have_no_value_model_and_a_reference_copy():
         assert parts["activations"] < ppo["activations"]  # no value model's activations kept for backward
 
 
+def test_a_value_model_on_the_reference_plans_a_second_reference_adapter():
+    def reference_adapter(trunk):
+        recipe = load_recipe("smollm2-refusal-boundary", [f"value.trunk={trunk}"], check_resources=False)
+        return _by_name(plan(recipe, available=24 * GiB, device="cpu"))["reference adapter"]
+
+    assert reference_adapter("reference") == 2 * reference_adapter("base")
+
+
 def test_the_default_recipe_fits_this_class_of_machine():
     memory_plan = plan(load_recipe("smollm2-refusal-boundary", check_resources=False), available=24 * GiB, device="cpu")
     assert memory_plan.fits and 2 * GiB < memory_plan.total < 24 * GiB

@@ -199,6 +199,54 @@ def test_a_policy_trained_in_its_top_layers_starts_training_passes_from_the_refe
     assert any(not torch.equal(trained[k], start[k].to(trained[k].dtype)) for k in upper), "the top layer did not train"
 
 
+def test_a_value_model_on_the_reference_reads_the_reference_pass_and_trains_as_if_it_computed_its_own(warm_recipe,
+                                                                                                   monkeypatch):
+    """value.trunk: reference puts the warm-start adapter, frozen, under the value model's own, so its frozen lower
+    layers compute what the reference's do: its rollout and training passes read the reference pass's states. That
+    must equal computing them (metrics and saved weights); a value model on the raw base must not read them."""
+    from safetensors.torch import load_file
+
+    from ppo_align.training import ppo
+    from ppo_align.training.run import train
+
+    warm_recipe["ppo"].update(train_last_layers=1, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                              local_rollout_forward_batch_size=2)
+    warm_recipe["value"] = {"lora": {"last_layers": 1}, "trunk": "reference"}
+    critics = []
+    for_value_model = ppo.FrozenLowerLayers.for_value_model.__func__
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "for_value_model",
+                        classmethod(lambda cls, model: critics.append(for_value_model(cls, model)) or critics[-1]))
+
+    def run(name, **value):
+        recipe = {**warm_recipe, "value": {**warm_recipe["value"], **value}}
+        return train(load_recipe({**recipe, "output": {**warm_recipe["output"], "name": name}}), progress=False)
+
+    shared = run("shared")
+    assert critics[0]._shared and critics[0].borrowed >= 3  # every rollout pass after the one that compared
+    assert critics[0].replays >= 4  # and every training pass
+
+    read_from = ppo.FrozenLowerLayers.read_from
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "read_from", lambda self, source: None)
+    own = run("own")
+    assert not critics[1]._shared and critics[1].borrowed == 0
+
+    def numbers(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("step_time_s", "tokens_per_s")}
+                for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert numbers(shared) == numbers(own)
+    for part in ("policy", "value"):
+        a = load_file(shared.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        b = load_file(own.dir / "checkpoint-2" / part / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert not any(".reference." in key for key in a)  # the frozen reference adapter is not saved as the value's
+
+    monkeypatch.setattr(ppo.FrozenLowerLayers, "read_from", read_from)
+    on_base = run("on-base", trunk="base")
+    assert not critics[2]._shared and critics[2].borrowed == 0 and critics[2].replays >= 4
+    assert numbers(on_base) != numbers(shared)  # the trunk changes what the value model computes
+
+
 def test_a_warm_start_with_the_same_inputs_is_copied_from_another_run_not_trained_again(warm_recipe, tiny_model_dir,
                                                                                          monkeypatch):
     """Runs in one output directory share a warm start built from the same inputs (a recipe's PPO variants, another

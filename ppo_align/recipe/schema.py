@@ -219,6 +219,12 @@ class ValueSection(Section):
 
     lora: Lora | None = None
     """LoRA of the value model (4-bit base + LoRA + a scalar head). Default: the same as model.lora."""
+    trunk: Literal["base", "reference"] = "base"
+    """What the value model's LoRA and head sit on: `base`, the base model as loaded; or `reference`, the reference
+    model (with a warm start, the warm-started model: its adapter stays frozen under the value model's own).
+    With `reference` and `lora.last_layers` equal to `ppo.train_last_layers`, the value model's frozen lower
+    layers are the reference's, so the reference pass computes them for it too: its rollout pass runs the top
+    layers only."""
 
 
 PPO_ONLY = ("num_mini_batches", "num_ppo_epochs", "kl_estimator", "cliprange", "cliprange_value", "vf_coef", "gamma",

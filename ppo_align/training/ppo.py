@@ -211,9 +211,11 @@ class FrozenLowerLayers:
     sequences. That pass keeps each sequence's output of the last frozen layer; a training pass whose sequences
     were all kept starts from there and runs the trained layers only. For the value model (``value.lora.
     last_layers``) the keeping pass is its own rollout pass; for the policy (``ppo.train_last_layers``) it is the
-    reference pass, whose lower layers are the policy's (``for_policy`` checks it). Values, losses and weights stay
-    the same bit for bit (tested): a row's output of these layers does not depend on the other rows of its batch
-    on the CPU kernels. What is kept lives one rollout batch (a few MB at the default shape).
+    reference pass, whose lower layers are the policy's (``for_policy`` checks it). A value model built on the
+    reference (``value.trunk: reference``) can read the reference pass's states too (``read_from``), so its own
+    rollout pass skips those layers as well. Values, losses and weights stay the same bit for bit (tested): a row's
+    output of these layers does not depend on the other rows of its batch on the CPU kernels. What is kept lives
+    one rollout batch (a few MB at the default shape).
     """
 
     def __init__(self, decoder: nn.Module, layers: nn.ModuleList, frozen: int):
@@ -221,6 +223,10 @@ class FrozenLowerLayers:
         self.kept: dict[bytes, torch.Tensor] = {}
         self.replays = 0
         """Training passes that started from kept states."""
+        self.borrowed = 0
+        """No-gradient passes that started from states another model's pass kept (see ``read_from``)."""
+        self._source: FrozenLowerLayers | None = None  # whose states to read, once a pass has matched them
+        self._shared = False
         self._keys: list[bytes] = []
         self._mode = "compute"  # per pass: "record" (no gradients), "replay" (all rows kept) or "compute"
         self._trained = False  # a pass with gradients ran since the last recording
@@ -244,6 +250,13 @@ class FrozenLowerLayers:
             return None
         return cls(decoder, layers, frozen)
 
+    def read_from(self, source: "FrozenLowerLayers") -> None:
+        """Read the states ``source`` keeps (the policy's, from the reference pass), instead of keeping this
+        model's own, if these layers compute what source's do. That is checked, not assumed: the next pass that
+        finds its sequences kept by ``source`` computes its own states as usual and compares them, bit for bit."""
+        if source.frozen == self.frozen:
+            self._source = source
+
     def _start_pass(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
@@ -258,8 +271,12 @@ class FrozenLowerLayers:
         masks = mask.cpu().numpy() if mask is not None else None
         self._keys = [ids[row].tobytes() + (masks[row].tobytes() if masks is not None else b"") for row in range(len(ids))]
         if not torch.is_grad_enabled():
-            if self._trained:  # a new rollout batch: the last one's states are done with
-                self.kept.clear()
+            if self._shared and all(key in self.kept for key in self._keys):
+                self._mode = "replay"
+                self.borrowed += 1
+                return
+            if self._trained and not self._shared:  # a new rollout batch: the last one's states are done with
+                self.kept.clear()  # (a shared store is the source's to clear)
                 self._trained = False
             self._mode = "record"
         else:
@@ -273,10 +290,24 @@ class FrozenLowerLayers:
                 return torch.stack([self.kept[key] for key in self._keys]) if last else hidden_states
             output = forward(hidden_states, *args, **kwargs)
             if last and self._mode == "record":
+                if self._source is not None:
+                    self._compare_with_source(output.unbind(0))
                 self.kept.update(zip(self._keys, output.unbind(0)))
             return output
 
         return run
+
+    def _compare_with_source(self, rows) -> None:
+        theirs = [self._source.kept.get(key) for key in self._keys]
+        if any(state is None for state in theirs):
+            return  # not kept by the source (yet): compare on a later pass
+        if all(torch.equal(mine, state) for mine, state in zip(rows, theirs)):
+            self.kept, self._shared = self._source.kept, True
+            log.info("value model: its %d frozen lower layers compute what the reference's do; it reads the "
+                     "reference pass's states from now on", self.frozen)
+        else:
+            log.debug("value model: its frozen lower layers differ from the reference's; it keeps its own states")
+        self._source = None
 
 
 def _frozen_prefix(model: nn.Module) -> tuple[nn.Module | None, nn.ModuleList | None, int]:
@@ -454,7 +485,7 @@ class PPORun(OnlineRun):
             if self.is_main:  # the adapters are the same in every process
                 # Only the trained adapter: the frozen reference adapter lives in the run's warm-start directory.
                 self.policy.save_pretrained(directory / checkpoints.POLICY_DIR, selected_adapters=["default"])
-                self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR)
+                self.unwrapped.value_model.save_pretrained(directory / checkpoints.VALUE_DIR, selected_adapters=["default"])
             accelerator.save_state(str(directory / checkpoints.STATE_DIR))  # every process: its own RNG state
             if self.is_main:
                 (directory / checkpoints.STATE_DIR / SCHEDULER_FILE).write_text(json.dumps(self.trainer.lr_scheduler.state_dict()))
@@ -499,6 +530,8 @@ class PPORun(OnlineRun):
             if self.policy_layers:
                 log.info("policy: its %d frozen lower layers run once per rollout batch, in the reference pass",
                          self.policy_layers.frozen)
+                if self.critic_layers:  # shares them if it is built on the reference (value.trunk), as checked
+                    self.critic_layers.read_from(self.policy_layers)
         if done >= total:
             log.info("nothing to do: %s already reached %d of %d updates", resume_from.path.name, done, total)
             return

@@ -118,7 +118,8 @@ def train(recipe: Recipe, *, resume: ResumeMode = "auto", force: bool = False, p
         log.info("loading the policy and value model (%s, 4-bit: %s)", recipe.model.source,
                  recipe.model.quantization.load_in_4bit)
         policy = models.load_policy(recipe.model, model_dir, tokenizer, warm_start=warm_start)
-        value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer)
+        value = models.load_value_model(recipe.model, recipe.value.lora, model_dir, tokenizer,
+                                        reference=warm_start if recipe.value.trunk == "reference" else None)
         run = PPORun(recipe, run_dir, tokenizer, policy, value, scorer, prompts,
                      progress_factory=progress_factory, monitor=monitor)
     else:
