@@ -168,7 +168,8 @@ _trl_batch_generation, _trl_forward = _trl_ppo.batch_generation, _trl_ppo.forwar
 
 def _batch_generation(model, queries, *args, **kwargs):
     setattr(model, _CONTEXT_LENGTH, queries.shape[1])  # model: the policy, which the passes below also use
-    return _trl_batch_generation(model, queries, *args, **kwargs)
+    with models.weights_dequantized_once(model):  # not once per new token (exact)
+        return _trl_batch_generation(model, queries, *args, **kwargs)
 
 
 def _policy_of(model):
