@@ -250,10 +250,7 @@ def weights_dequantized_once(model):
 
     patched = []
     for module in model.modules():
-        # Only layers on that path: a layer that may repack its weight for the AVX512-BF16 kernel (inference-only
-        # models in eval mode) computes otherwise, and already dequantizes nothing per call.
-        if isinstance(module, bnb.nn.Linear4bit) and not getattr(module, "support_avx512bf16_for_cpu", False) \
-                and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+        if isinstance(module, bnb.nn.Linear4bit) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
             module.forward = _reusing_dequantized(module, module.forward, torch)
             patched.append(module)
     try:
