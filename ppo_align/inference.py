@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ppo_align.chat import left_pad
-from ppo_align.models import REFERENCE_ADAPTER, weights_dequantized_once
+from ppo_align.models import REFERENCE_ADAPTER
 
 Progress = Callable[[int], None]
 """Called with the number of prompts just finished."""
@@ -158,47 +158,46 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: GenerationSet
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[Generated | None] = [None] * len(prompts)
     common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=sorted(stop_ids))
-    with weights_dequantized_once(model):  # once per call, not once per new token (exact)
-        for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
-            batch_prompts = [prompts[i] for i in batch]
-            ids, mask = left_pad(batch_prompts, pad_id)
-            wanted = [continuations[i] for i in batch] if continuations and any(continuations[i] for i in batch) else None
-            keep = reference_prompts is not None and not with_reference
-            with torch.inference_mode():
-                greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
-                                        output_logits=score_responses or bool(wanted) or keep, **common)
-                continued = None
-                if wanted or keep:
-                    cache = greedy.past_key_values
-                    _cut_back(cache, ids.shape[1])  # to the prompts alone
-                    first_logp = torch.log_softmax(greedy.logits[0].float(), dim=-1)
-                    if wanted:
-                        continued = _continuation_logprobs(model, cache, first_logp, mask, wanted, pad_id)
-                    if keep:
-                        reference_prompts.keep(batch_prompts, cache, first_logp, mask)
-                sampled = None
-                if settings.samples:
-                    # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
-                    torch.manual_seed(settings.seed + number)
-                    sampled = model.generate(
-                        input_ids=ids, attention_mask=mask, do_sample=True, temperature=settings.temperature,
-                        top_p=settings.top_p, top_k=0, num_return_sequences=settings.samples, **common,
-                    )
-            width = ids.shape[1]
-            responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
-            kept = reference_prompts.get(batch_prompts) if reference_prompts is not None and with_reference else None
-            scores = _score_generated(model, tokenizer, ids, mask, responses, greedy.logits, with_reference,
-                                      kept) if score_responses else [None] * len(batch)
-            for row, index in enumerate(batch):
-                samples = []
-                if sampled is not None:
-                    for s in range(settings.samples):
-                        tokens = _cut(sampled[row * settings.samples + s, width:].tolist(), stop_ids)
-                        samples.append(tokenizer.decode(tokens, skip_special_tokens=True))
-                out[index] = Generated(responses[row], tokenizer.decode(responses[row], skip_special_tokens=True),
-                                       samples, scores[row], continued[row] if continued else [])
-            if progress:
-                progress(len(batch))
+    for number, batch in enumerate(_buckets([len(p) for p in prompts], settings.batch_size)):
+        batch_prompts = [prompts[i] for i in batch]
+        ids, mask = left_pad(batch_prompts, pad_id)
+        wanted = [continuations[i] for i in batch] if continuations and any(continuations[i] for i in batch) else None
+        keep = reference_prompts is not None and not with_reference
+        with torch.inference_mode():
+            greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True,
+                                    output_logits=score_responses or bool(wanted) or keep, **common)
+            continued = None
+            if wanted or keep:
+                cache = greedy.past_key_values
+                _cut_back(cache, ids.shape[1])  # to the prompts alone
+                first_logp = torch.log_softmax(greedy.logits[0].float(), dim=-1)
+                if wanted:
+                    continued = _continuation_logprobs(model, cache, first_logp, mask, wanted, pad_id)
+                if keep:
+                    reference_prompts.keep(batch_prompts, cache, first_logp, mask)
+            sampled = None
+            if settings.samples:
+                # One seed per batch: batches are fixed by the prompts and settings, so runs repeat exactly.
+                torch.manual_seed(settings.seed + number)
+                sampled = model.generate(
+                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=settings.temperature,
+                    top_p=settings.top_p, top_k=0, num_return_sequences=settings.samples, **common,
+                )
+        width = ids.shape[1]
+        responses = [_cut(greedy.sequences[row, width:].tolist(), stop_ids) for row in range(len(batch))]
+        kept = reference_prompts.get(batch_prompts) if reference_prompts is not None and with_reference else None
+        scores = _score_generated(model, tokenizer, ids, mask, responses, greedy.logits, with_reference,
+                                  kept) if score_responses else [None] * len(batch)
+        for row, index in enumerate(batch):
+            samples = []
+            if sampled is not None:
+                for s in range(settings.samples):
+                    tokens = _cut(sampled[row * settings.samples + s, width:].tolist(), stop_ids)
+                    samples.append(tokenizer.decode(tokens, skip_special_tokens=True))
+            out[index] = Generated(responses[row], tokenizer.decode(responses[row], skip_special_tokens=True),
+                                   samples, scores[row], continued[row] if continued else [])
+        if progress:
+            progress(len(batch))
     return out  # type: ignore[return-value]
 
 

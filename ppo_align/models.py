@@ -230,60 +230,6 @@ def keep_4bit_gradients_on_cpu(model) -> int:
     return switched
 
 
-@contextmanager
-def weights_dequantized_once(model):
-    """Within the block, each 4-bit linear layer of ``model`` dequantizes its weight once instead of at every call.
-
-    bitsandbytes' CPU path (the one ``keep_4bit_gradients_on_cpu`` keeps) dequantizes the whole weight for every
-    product: at every new token, in generation, which is about a fifth of decode time on a 135M model. Here the
-    first no-gradient call keeps the dequantized weight and later ones reuse it, through the very operations
-    bitsandbytes runs (its ``dequantize_4bit`` op, then ``F.linear``), so outputs are the same bit for bit
-    (tested). Costs the weights in the compute dtype (4 bytes a parameter in float32) while the block lasts. Calls
-    with gradients, or before bitsandbytes has set a layer's compute dtype, go through bitsandbytes as usual.
-    """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        yield
-        return
-    import torch
-
-    patched = []
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
-            module.forward = _reusing_dequantized(module, module.forward, torch)
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward  # the instance attribute: back to the class's forward
-
-
-def _reusing_dequantized(module, forward, torch):
-    kept: dict = {}
-
-    def run(x):
-        if not module.compute_type_is_set or (torch.is_grad_enabled() and x.requires_grad):
-            return forward(x)
-        input_dtype = x.dtype
-        if module.compute_dtype is not None:
-            x = x.to(module.compute_dtype)
-        weight = kept.get(x.dtype)
-        if weight is None:  # what bitsandbytes' default gemm_4bit computes before its product
-            state = module.weight.quant_state
-            absmax = state.absmax
-            if state.nested:
-                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-                    state.absmax, state.state2.absmax, state.state2.code, 256, torch.float32) + state.offset
-            weight = kept[x.dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
-                module.weight.data.view(-1, 1), absmax, state.blocksize, state.quant_type, state.shape, x.dtype)
-        bias = module.bias.to(x.dtype) if module.bias is not None else None
-        return torch.nn.functional.linear(x, weight, bias).to(input_dtype)
-
-    return run
-
-
 def keep_trainable_dtype(model, section: ModelSection) -> None:
     """Undo TRL's cast of a quantized model's trainable parameters to bfloat16 (SFTTrainer, RewardTrainer).
 

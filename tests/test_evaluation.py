@@ -362,46 +362,6 @@ def test_continuations_on_the_generation_cache_match_full_teacher_forcing(tiny_m
     assert [g.text for g in generated] == [g.text for g in inference.generate(model, tok, prompts, settings)]
 
 
-def test_4bit_weights_dequantized_once_generate_the_same_bit_for_bit(tiny_model_dir, monkeypatch):
-    """Generation (sampled, with its logits) reusing each layer's dequantized weight equals bitsandbytes' own
-    path, which dequantizes at every call; inside the block no no-gradient call takes that path, and after it
-    every layer is back to its own forward."""
-    import bitsandbytes as bnb
-    import torch
-
-    from ppo_align import models
-    from ppo_align.chat import encode_chat, left_pad
-    from ppo_align.recipe.schema import Lora, ModelSection
-
-    section = ModelSection(source=str(tiny_model_dir), lora=Lora(r=4, alpha=8))
-    tok = models.load_tokenizer(section, str(tiny_model_dir))
-    model = models.load_policy(section, str(tiny_model_dir), tok)  # as PPO has it: bitsandbytes' unpacked path
-    for name, param in model.named_parameters():  # a trained-looking adapter, not B = 0
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5, generator=torch.Generator().manual_seed(1))
-    ids, mask = left_pad([encode_chat(tok, [{"role": "user", "content": p[1]}]) for p in PROMPTS], tok.pad_token_id)
-
-    def generate():
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=8,
-                                  output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
-
-    usual = generate()
-    calls = []
-    real_forward = bnb.nn.Linear4bit.forward
-    monkeypatch.setattr(bnb.nn.Linear4bit, "forward", lambda self, x: calls.append(1) or real_forward(self, x))
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    with models.weights_dequantized_once(model):
-        once = generate()
-    assert layers and not calls
-    assert torch.equal(usual.sequences, once.sequences)
-    assert all(torch.equal(a, b) for a, b in zip(usual.logits, once.logits))
-    assert not any("forward" in vars(layer) for layer in layers)
-    generate()
-    assert calls  # the class's forward again
-
-
 def test_limit_spreads_over_categories_and_keeps_contrast_pairs():
     from ppo_align.evalsets import load_evalset
 

@@ -168,8 +168,7 @@ _trl_batch_generation, _trl_forward = _trl_ppo.batch_generation, _trl_ppo.forwar
 
 def _batch_generation(model, queries, *args, **kwargs):
     setattr(model, _CONTEXT_LENGTH, queries.shape[1])  # model: the policy, which the passes below also use
-    with models.weights_dequantized_once(model):  # not once per new token (exact)
-        return _trl_batch_generation(model, queries, *args, **kwargs)
+    return _trl_batch_generation(model, queries, *args, **kwargs)
 
 
 def _policy_of(model):
