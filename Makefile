@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python benchmarks/freed_memory.py
 	$(BIN)/python benchmarks/frozen_layers.py --part value
 	$(BIN)/python benchmarks/frozen_layers.py --part policy
+	$(BIN)/python benchmarks/frozen_layers.py --part shared
 	$(BIN)/python benchmarks/layer_overhead.py
 	$(BIN)/python benchmarks/judge_speed.py
 	$(BIN)/python benchmarks/ppo_memory.py
