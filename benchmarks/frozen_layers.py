@@ -32,20 +32,19 @@ from ppo_align.training import ppo
 TIMING_KEYS = ("eps", "time", "runtime", "per_second")
 
 
-SWITCHES = {  # what turns each part's reuse off
-    "value": ("for_value_model", classmethod(lambda cls, *args: None)),
-    "policy": ("for_policy", classmethod(lambda cls, *args: None)),
-    "shared": ("read_from", lambda self, source: None),
-}
+PARTS = {"value": "for_value_model", "policy": "for_policy", "shared": "read_from"}
+"""Each part's switch: the `FrozenLowerLayers` attribute that turns its reuse on."""
+OFF = {"for_value_model": classmethod(lambda cls, *args: None), "for_policy": classmethod(lambda cls, *args: None),
+       "read_from": lambda self, source: None}
 
 
 def run_side(recipe, out: Path, part: str, reuse: bool) -> tuple[list[float], list[dict], int]:
-    switched = [SWITCHES[part][0]] if not reuse else []
+    switched = [] if reuse else [PARTS[part]]
     if part != "shared":
         switched.append("read_from")
     saved = {name: ppo.FrozenLowerLayers.__dict__[name] for name in switched}
     for name in switched:
-        setattr(ppo.FrozenLowerLayers, name, dict(SWITCHES.values())[name])
+        setattr(ppo.FrozenLowerLayers, name, OFF[name])
     try:  # the value model's reuse is set up with the run, the policy's (and sharing) when it starts training
         tokenizer, prompts, scorer, policy, value = build(recipe)
         run = ppo.PPORun(recipe, out, tokenizer, policy, value, scorer, prompts)
@@ -64,7 +63,7 @@ def run_side(recipe, out: Path, part: str, reuse: bool) -> tuple[list[float], li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=sorted(SWITCHES), required=True, help="whose frozen layers to compare")
+    parser.add_argument("--part", choices=sorted(PARTS), required=True, help="whose frozen layers to compare")
     parser.add_argument("--recipe", default="smollm2-refusal-boundary")
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)

@@ -486,7 +486,7 @@ def load_value_model(section: ModelSection, lora: Lora | None, model_dir: str, t
     for module in value.modules():
         if isinstance(module, LoraLayer):  # both active; a layer without the value's own adapter skips that one
             module.set_adapter(["default", REFERENCE_ADAPTER])
-    for name, param in value.named_parameters():  # set_adapter made both trainable; the head's copy too
+    for name, param in value.named_parameters():  # set_adapter made both trainable
         if f".{REFERENCE_ADAPTER}." in name:
             param.requires_grad_(False)
     return value

@@ -290,9 +290,10 @@ class FrozenLowerLayers:
                 return torch.stack([self.kept[key] for key in self._keys]) if last else hidden_states
             output = forward(hidden_states, *args, **kwargs)
             if last and self._mode == "record":
+                rows = output.unbind(0)
                 if self._source is not None:
-                    self._compare_with_source(output.unbind(0))
-                self.kept.update(zip(self._keys, output.unbind(0)))
+                    self._compare_with_source(rows)
+                self.kept.update(zip(self._keys, rows))
             return output
 
         return run
