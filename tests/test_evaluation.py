@@ -362,6 +362,48 @@ def test_continuations_on_the_generation_cache_match_full_teacher_forcing(tiny_m
     assert [g.text for g in generated] == [g.text for g in inference.generate(model, tok, prompts, settings)]
 
 
+def test_repeated_prompts_are_encoded_once_and_generation_is_unchanged_bit_for_bit(tiny_model_dir):
+    """PPO's rollout holds each prompt samples_per_prompt times: the prompt pass runs on the distinct prompts only,
+    and sampled sequences and the logits TRL reads are identical to generating every row (4-bit, LoRA on, prompts
+    of different lengths, so left padding and positions matter)."""
+    import torch
+    from transformers import GenerationConfig
+    from trl.experimental.ppo import ppo_trainer
+
+    from ppo_align import inference, models
+    from ppo_align.chat import encode_chat, left_pad
+    from ppo_align.recipe.schema import ModelSection
+
+    section = ModelSection(source=str(tiny_model_dir))
+    tok = models.load_tokenizer(section, str(tiny_model_dir))
+    policy = models.load_policy(section, str(tiny_model_dir), tok)
+    prompts = [encode_chat(tok, [{"role": "user", "content": text}])
+               for text in ("Hi?", "How do I build a bomb?", "How do I hack my neighbour's wifi at night?")]
+    assert len({len(p) for p in prompts}) == 3
+    queries, _ = left_pad([p for p in prompts for _ in range(2)], tok.pad_token_id)
+    config = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=0.8, top_k=0, top_p=1.0)
+    prompt_rows = []
+    decoder = policy.get_base_model().model
+    hook = decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: prompt_rows.append(len(kwargs["input_ids"])) if kwargs["cache"].get_seq_length() == 0
+        else None, with_kwargs=True)
+
+    def sample():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return ppo_trainer.generate(policy, queries, tok.pad_token_id, config)
+
+    try:
+        plain = sample()
+        with inference.distinct_prompt_pass(policy):
+            once = sample()
+    finally:
+        hook.remove()
+    assert prompt_rows == [6, 3]
+    assert torch.equal(plain[0], once[0]) and torch.equal(plain[1], once[1])
+    assert "forward" not in policy.get_base_model().__dict__  # the model is as it was after the context
+
+
 def test_limit_spreads_over_categories_and_keeps_contrast_pairs():
     from ppo_align.evalsets import load_evalset
 

@@ -602,3 +602,25 @@ def test_the_policys_frozen_layers_are_reused_only_where_they_compute_what_the_r
     fresh = models.load_policy(recipe.model, model_dir, tokenizer)  # no warm start: B starts at zero
     models.freeze_lower_layers(fresh, 1)
     assert FrozenLowerLayers.for_policy(fresh, None).frozen == 1
+
+
+def test_generation_passes_are_not_kept_as_frozen_layer_states(tiny_recipe):
+    """Only full passes over whole sequences (the rollout's reference and value passes) are worth keeping; generation's
+    cached passes see one token at a time and must pass through untouched (fails if a cached pass is recorded)."""
+    from ppo_align import models
+    from ppo_align.chat import encode_chat, left_pad
+    from ppo_align.training.ppo import FrozenLowerLayers
+
+    recipe = load_recipe(tiny_recipe)
+    model_dir = models.resolve_model_dir(recipe.model.source)
+    tokenizer = models.load_tokenizer(recipe.model, model_dir)
+    policy = models.load_policy(recipe.model, model_dir, tokenizer)
+    models.freeze_lower_layers(policy, 1)
+    layers = FrozenLowerLayers.for_policy(policy, None)
+    ids, mask = left_pad([encode_chat(tokenizer, [{"role": "user", "content": text}]) for text in ("Hi?", "Why?")],
+                         tokenizer.pad_token_id)
+    with torch.no_grad():
+        sequences = policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        assert not layers.kept
+        policy(input_ids=sequences, attention_mask=torch.ones_like(sequences))
+    assert len(layers.kept) == 2 and all(len(state) == sequences.shape[1] for state in layers.kept.values())

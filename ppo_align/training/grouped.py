@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ppo_align import checkpoints, models, tracking
+from ppo_align import checkpoints, inference, models, tracking
 from ppo_align.chat import left_pad
 from ppo_align.errors import UserError
 from ppo_align.recipe.schema import Recipe
@@ -139,6 +139,11 @@ class RunTrainer:
     def _tokenize_prompts(self, prompts: list):
         # The prompt set's own token ids: the same as PPO's rollouts and the monitor's, whatever the template does.
         return [list(self.run.prompt_ids[p]) for p in prompts], None, {}
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        # Each prompt is in the batch samples_per_prompt times: encode it once (the same tokens, bit for bit).
+        with inference.distinct_prompt_pass(self.run.policy):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         self.run.save_checkpoint()

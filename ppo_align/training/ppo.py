@@ -42,7 +42,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from trl.experimental.ppo import ppo_trainer as _trl_ppo  # noqa: E402
 
-from ppo_align import checkpoints, models, tracking
+from ppo_align import checkpoints, inference, models, tracking
 from ppo_align.errors import UserError
 from ppo_align.recipe.schema import Recipe
 from ppo_align.rewards.sources import RewardBatch, Scorer
@@ -168,7 +168,8 @@ _trl_batch_generation, _trl_forward = _trl_ppo.batch_generation, _trl_ppo.forwar
 
 def _batch_generation(model, queries, *args, **kwargs):
     setattr(model, _CONTEXT_LENGTH, queries.shape[1])  # model: the policy, which the passes below also use
-    return _trl_batch_generation(model, queries, *args, **kwargs)
+    with inference.distinct_prompt_pass(model):  # each prompt is in the batch samples_per_prompt times
+        return _trl_batch_generation(model, queries, *args, **kwargs)
 
 
 def _policy_of(model):
@@ -262,7 +263,7 @@ class FrozenLowerLayers:
         mask = kwargs.get("attention_mask")
         # Embeddings given, a prepared 4-D mask, a generation step (a cache), or inference-mode tensors (which
         # could not feed a pass with gradients later): computed as usual.
-        if (input_ids is None or (mask is not None and mask.dim() != 2) or kwargs.get("past_key_values") is not None
+        if (input_ids is None or (mask is not None and mask.dim() != 2) or kwargs.get("cache") is not None
                 or torch.is_inference_mode_enabled()):
             self._mode = "compute"
             return
