@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/frozen_layers.py --part value
 	$(BIN)/python benchmarks/frozen_layers.py --part policy
 	$(BIN)/python benchmarks/frozen_layers.py --part shared
+	$(BIN)/python benchmarks/prompt_pass.py
 	$(BIN)/python benchmarks/layer_overhead.py
 	$(BIN)/python benchmarks/judge_speed.py
 	$(BIN)/python benchmarks/ppo_memory.py
