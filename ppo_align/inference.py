@@ -1,4 +1,4 @@
-"""Batched generation and teacher-forced scoring for the eval harness.
+"""Batched generation and teacher-forced scoring for the eval harness (the trainers share its prompt pass).
 
 Two kinds of passes over a loaded model:
 
@@ -89,7 +89,7 @@ def distinct_prompt_pass(model):
         output = forward(**{key: value[first] if key in _BATCH_INPUTS and value is not None else value
                             for key, value in kwargs.items()})
         cache.batch_select_indices(copies)
-        output.logits = output.logits[copies]
+        output.logits = output.logits[copies]  # generate reads the logits and the cache of a prompt pass
         return output
 
     inner.forward = encode_once
