@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from bench_common import machine, write_result
@@ -51,14 +52,11 @@ def main() -> None:
         for side in (["once", "every_row"] if b % 2 == 0 else ["every_row", "once"]):
             torch.manual_seed(p.seed + b)
             start = time.perf_counter()
-            if side == "once":
-                with inference.distinct_prompt_pass(policy):
-                    out[side] = ppo._trl_batch_generation(policy, queries, len(rows), tokenizer.pad_token_id, config)
-            else:
+            with inference.distinct_prompt_pass(policy) if side == "once" else nullcontext():
                 out[side] = ppo._trl_batch_generation(policy, queries, len(rows), tokenizer.pad_token_id, config)
             if b:
                 times[side].append(time.perf_counter() - start)
-        identical &= all(torch.equal(a, b) for a, b in zip(out["once"], out["every_row"]))
+        identical &= all(torch.equal(x, y) for x, y in zip(out["once"], out["every_row"]))
         print(f"batch {b}: " + ", ".join(f"{side} {t[-1]:.2f} s" for side, t in times.items() if b), flush=True)
 
     once_s, every_s = statistics.median(times["once"]), statistics.median(times["every_row"])
