@@ -77,7 +77,9 @@ class MemoryPlan:
         table = Table("component", "GiB", "what", box=None)
         for c in self.components:
             table.add_row(c.name, f"{c.bytes / GiB:.2f}", c.note)
-        table.add_row("[bold]total[/bold]", f"[bold]{self.total / GiB:.2f}[/bold]", f"estimated peak on {self.device}")
+        table.add_row("[bold]total[/bold]", f"[bold]{self.total / GiB:.2f}[/bold]",
+                      f"estimated peak on {self.device}; a floor: freed memory the allocator keeps is not "
+                      "modelled, so leave headroom")
         return table
 
     def verdict(self) -> str:
