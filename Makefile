@@ -48,7 +48,7 @@ test: setup browser
 test-fast: setup
 	$(BIN)/pytest
 
-# Performance claims, each a ratio measured in one run (results in benchmarks/results/*.json; ~45 min on 2 CPU cores).
+# Performance claims, each a ratio measured in one run (results in benchmarks/results/*.json; ~2.5 hours on 2 CPU cores).
 bench: setup
 	$(BIN)/python benchmarks/eval_throughput.py --prompts 32 --repeats 1
 	$(BIN)/python benchmarks/checkpoint_sweep.py

@@ -31,11 +31,14 @@ __all__ = [
     "__version__",
     "load_recipe",
     "shipped_recipes",
+    "audit_reward",
     "evaluate",
     "export",
+    "judge",
     "load_results",
     "plan",
     "report",
+    "review_sheet",
     "train",
 ]
 
@@ -84,3 +87,35 @@ def plan(recipe, **options):
     from ppo_align.planning import plan_memory
 
     return plan_memory(recipe, **options)
+
+
+def audit_reward(recipe, **options):
+    """Score a recipe's reward on refusals and compliances of eval prompts and write runs/NAME/reward-audit.json
+    (``ppo-align audit-reward``); see :func:`ppo_align.rewards.audit.audit_reward` for the options."""
+    from ppo_align.rewards.audit import audit_reward as _audit
+    from ppo_align.rewards.audit import write_audit
+
+    result = _audit(recipe, **options)
+    write_audit(result, recipe.run_dir)
+    return result
+
+
+def judge(path, judge="learned", *, token_env=None, **options):
+    """Label a JSONL/CSV file of (prompt, response) rows and measure agreement with its gold labels where it has
+    them (``ppo-align judge FILE``); ``judge`` and ``token_env`` name the judge as ``--judge`` and ``--token-env``
+    do; see :func:`ppo_align.judges.agreement.label_file` for the options."""
+    from ppo_align.evaluation.review import attach_key
+    from ppo_align.judges import build_judge
+    from ppo_align.judges.agreement import label_file
+
+    result = label_file(path, build_judge(judge, token_env=token_env), **options)
+    attach_key(result.rows, path)  # a review sheet's key says which rows are flips and which were sampled
+    return result
+
+
+def review_sheet(run, output=None, **options):
+    """Write a blind labelling sheet of a run's flips and a sample (``ppo-align judge --review RUN``); see
+    :func:`ppo_align.evaluation.review.review_sheet`."""
+    from ppo_align.evaluation.review import review_sheet as _review
+
+    return _review(run, output, **options)

@@ -253,8 +253,9 @@ def audit_reward_command(
 
     Example: `ppo-align audit-reward smollm2-refusal-boundary --limit 32`.
     """
+    from ppo_align import audit_reward
     from ppo_align.recipe.load import load_recipe
-    from ppo_align.rewards.audit import audit_reward, write_audit
+    from ppo_align.rundir import RunDir
 
     loaded = load_recipe(recipe, overrides)
     result = audit_reward(loaded, sets=evalsets or None, limit=limit or loaded.audit.limit,
@@ -266,7 +267,7 @@ def audit_reward_command(
         out.print(f"reference answers, {row['set']} expected={row['expected']}: {row['right_answers']} right, "
                   f"{row['wrong_answers']} wrong; reward ranks right above wrong "
                   + (f"{ranked:.0%} of pairs" if ranked is not None else "(no pairs to rank)"))
-    out.print(f"written: {write_audit(result, loaded.run_dir)}")
+    out.print(f"written: {RunDir(loaded.run_dir).reward_audit}")
     if not result.passed(loaded.audit.min_accuracy):
         out.print(f"[red]below audit.min_accuracy ({loaded.audit.min_accuracy:.0%}) on {result.worst['set']}[/red]")
         raise typer.Exit(1)
@@ -291,7 +292,7 @@ def eval_command(
     token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR", help="With an http(s) or chat judge: environment variable holding its bearer token."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Share the (checkpoint, eval set) work among this many processes (GPUs if present, else CPU)."),
 ) -> None:
-    """Measure how behaviour shifted: the reference (adapters off) and every checkpoint on the eval sets.
+    """Measure how behaviour shifted: the reference (warm start, or adapters off) and every checkpoint on the eval sets.
 
     Reports refusal, over-refusal (refusing safe prompts), under-refusal, hedging, KL to the
     reference, knowledge exact match, and per-prompt flips with 95% intervals and exact McNemar
@@ -415,14 +416,14 @@ def judge_command(
     `ppo-align judge my-gold.jsonl --judge https://judge.example.com/label --token-env JUDGE_TOKEN`,
     `ppo-align judge my-gold.jsonl --judge chat:qwen2.5-7b-instruct@http://localhost:8000/v1`.
     """
-    from ppo_align.judges import build_judge
-    from ppo_align.judges.agreement import label_file
+    from ppo_align import judge as judge_file
 
     if review is not None and file is not None:
         raise UserError(f"ppo-align judge: both FILE ({file}) and --review; fix: pass FILE to measure the judge on "
                         "labelled rows, or --review RUN to write a new sheet, not both")
     if review is not None:
-        from ppo_align.evaluation.review import key_path, review_sheet
+        from ppo_align import review_sheet
+        from ppo_align.evaluation.review import key_path
 
         path, flipped, sampled = review_sheet(review, output, sample=sample)
         out.print(f"[green]wrote[/green] {path}: {flipped} responses whose refusal flipped and {sampled} sampled, "
@@ -434,11 +435,8 @@ def judge_command(
         raise UserError("ppo-align judge: no FILE; fix: name a JSONL/CSV file of prompts and responses, "
                         "or write one from a run with --review RUN")
     gold_column = label_field or "label"
-    result = label_file(file, build_judge(judge, token_env=token_env), prompt_field=prompt_field,
-                        response_field=response_field, label_field=gold_column, require_labels=label_field is not None)
-    from ppo_align.evaluation.review import attach_key
-
-    attach_key(result.rows, file)  # a review sheet's key says which rows are flips and which were sampled
+    result = judge_file(file, judge, token_env=token_env, prompt_field=prompt_field, response_field=response_field,
+                        label_field=gold_column, require_labels=label_field is not None)
     counts = ", ".join(f"{label} {n}" for label, n in result.counts().items())
     out.print(f"{len(result.labels)} rows of {file} labelled by {result.judge}: {counts}", highlight=False)
     if result.gold:

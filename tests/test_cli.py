@@ -81,6 +81,24 @@ def test_help_teaches(run_cli):
     assert code == 0 and "--set" in out and "--resume" in out
 
 
+# The Python API call behind each command (README: "Every command is one call in the Python API").
+API_CALL = {"validate": "load_recipe", "recipes": "shipped_recipes", "recipe": "load_recipe", "train": "train",
+            "plan": "plan", "audit-reward": "audit_reward", "eval": "evaluate", "report": "report",
+            "export": "export", "judge": "judge"}
+
+
+def test_every_command_is_one_call_in_the_python_api():
+    import typer.main
+
+    import ppo_align
+    from ppo_align.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    assert commands == set(API_CALL), "a command without its API call (or a stale entry): update API_CALL and the API"
+    for name in API_CALL.values():
+        assert name in ppo_align.__all__ and callable(getattr(ppo_align, name)), name
+
+
 def test_import_is_light():
     """`import ppo_align` and the CLI module must not pull in TRL's experimental PPO (or torch)."""
     code = (
