@@ -23,12 +23,33 @@ from rich.table import Table
 
 # Typer parses the command line with its own copy of click; its usage errors are caught by class (typer is locked).
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperCommand, TyperGroup
 
 from ppo_align import __version__, processes
 from ppo_align.errors import Interrupted, UserError
 
+
+class _SwitchHelp:
+    """--help is a switch like the others (see _flag): without a metavar typer lists it as taking a ``<bool>``."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_SwitchHelp, TyperGroup):
+    pass
+
+
+class _Command(_SwitchHelp, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="ppo-align",
+    cls=_Group,
     help=(
         "PPO for behaviour: train when a model refuses, hedges or complies, and measure what changed.\n\n"
         "Start with `ppo-align recipes` to list the shipped recipes, `ppo-align validate RECIPE` to check "
@@ -39,7 +60,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs re-wrap to the terminal; `code` renders as code
 )
-recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True, rich_markup_mode="markdown")
+recipe_app = typer.Typer(cls=_Group, help="Inspect recipes.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(recipe_app, name="recipe")
 
 out = Console()
@@ -99,7 +120,7 @@ def silence_libraries() -> None:
                             module=r"(torch|transformers|trl|peft|accelerate|bitsandbytes|datasets)(\.|$)")
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     recipes: List[Path] = typer.Argument(..., help="Recipe YAML files (or names of shipped recipes)."),
     overrides: Optional[List[str]] = SetOption,
@@ -122,7 +143,7 @@ def validate(
         raise UserError(*problems)
 
 
-@app.command("recipes")
+@app.command("recipes", cls=_Command)
 def list_recipes() -> None:
     """List the recipes shipped with ppo-align, with one-line descriptions."""
     from ppo_align.recipe.load import shipped_recipes
@@ -137,7 +158,7 @@ def list_recipes() -> None:
     out.print(table)
 
 
-@recipe_app.command("show")
+@recipe_app.command("show", cls=_Command)
 def recipe_show(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
     overrides: Optional[List[str]] = SetOption,
@@ -149,7 +170,7 @@ def recipe_show(
     sys.stdout.write(load_recipe(recipe, overrides, check_resources=False).to_yaml())
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
     overrides: Optional[List[str]] = SetOption,
@@ -205,7 +226,7 @@ def seed_overrides(recipe: Path, overrides: list[str] | None, seed: int) -> list
     return [f"ppo.seed={seed}"] + ([] if named else [f"output.name={loaded.name}-seed{seed}"])
 
 
-@app.command("plan")
+@app.command("plan", cls=_Command)
 def plan_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
     overrides: Optional[List[str]] = SetOption,
@@ -234,7 +255,7 @@ def plan_command(
         raise typer.Exit(memory_plan.exit_code)
 
 
-@app.command("audit-reward")
+@app.command("audit-reward", cls=_Command)
 def audit_reward_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
     overrides: Optional[List[str]] = SetOption,
@@ -273,7 +294,7 @@ def audit_reward_command(
         raise typer.Exit(1)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_command(
     runs: Optional[List[Path]] = typer.Argument(None, help="Run directories written by `ppo-align train` (runs/NAME)."),
     model: Optional[str] = typer.Option(None, "--model", help="Evaluate this model (directory, embedded:NAME or hub id) instead of a run."),
@@ -322,7 +343,7 @@ def eval_command(
         out.print(result.summary())
 
 
-@app.command("report")
+@app.command("report", cls=_Command)
 def report_command(
     runs: List[Path] = typer.Argument(..., help="Evaluated run directories (runs/NAME), or eval directories / results.json files."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where report.md, report.html and plots/ go (default: RUN/report, or ./report-A-vs-B for several runs)."),
@@ -351,7 +372,7 @@ def report_command(
     out.print(f"[green]done[/green]: {built.html} (and {built.markdown.name}, plots/)")
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_command(
     run: Path = typer.Argument(..., help="Run directory written by `ppo-align train` (runs/NAME)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (the last that passed the training-time behaviour rules, else the latest), latest, or an update number."),
@@ -385,7 +406,7 @@ def export_command(
               + (f" and {done.pushed_to}" if done.pushed_to else ""))
 
 
-@app.command("judge")
+@app.command("judge", cls=_Command)
 def judge_command(
     file: Optional[Path] = typer.Argument(None, help="JSONL, CSV or TSV file with a prompt and a response per row."),
     judge: str = typer.Option("learned", "--judge", "-j", help="learned (default, the eval's judge), rules, a local classifier model directory, an http(s) URL, or chat:MODEL@URL (an LLM behind an OpenAI-compatible endpoint)."),

@@ -99,6 +99,12 @@ def test_every_command_is_one_call_in_the_python_api():
         assert name in ppo_align.__all__ and callable(getattr(ppo_align, name)), name
 
 
+def test_no_help_lists_a_switch_as_taking_a_value(run_cli):
+    for command in ([], *([name] for name in API_CALL), ["recipe", "show"]):
+        code, out, _ = run_cli(*command, "--help")
+        assert code == 0 and "<bool>" not in out, command
+
+
 def test_import_is_light():
     """`import ppo_align` and the CLI module must not pull in TRL's experimental PPO (or torch)."""
     code = (
