@@ -13,6 +13,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def readme_count(pattern: str) -> int:
+    """The one number the README states where ``pattern`` (a regex with one group) matches, so a test can hold the
+    README's counts of the repository to the repository."""
+    import re
+
+    found = re.findall(pattern, (REPO / "README.md").read_text())
+    assert len(found) == 1, f"README: expected one match of {pattern!r}, found {found}"
+    return int(found[0])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_jsonl
+from conftest import REPO, readme_count, write_jsonl
 
 CASES = sorted((REPO / "tests" / "bad_inputs").glob("*/*.yaml"))
 AREAS = ("evalsets", "data_files", "models", "run_dirs", "results", "output")
@@ -251,6 +251,7 @@ def test_corpus_covers_every_area():
     assert found == set(AREAS), f"areas: {sorted(found)}"
     broken_recipes = len(list((REPO / "tests" / "broken_recipes").glob("*.yaml")))
     assert len(CASES) + broken_recipes >= 40
+    assert readme_count(r"(\d+) cases in `tests/bad_inputs/`") == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)

@@ -327,14 +327,6 @@ def test_label_file_with_gold(tmp_path):
     assert result.judge == "rules@" + RuleJudge.version
 
 
-def test_the_api_judge_call_labels_a_file_as_the_command_does(tmp_path):
-    import ppo_align
-
-    result = ppo_align.judge(write_jsonl(tmp_path / "gold.jsonl", GOLD_ROWS), "rules")
-    assert result.labels == ["refuse", "comply", "partial", "partial"] and result.agreement.accuracy == 1.0
-    assert result.judge == "rules@" + RuleJudge.version
-
-
 def test_cli_judge_prints_agreement(run_cli, tmp_path):
     rows = GOLD_ROWS[:3] + [{**GOLD_ROWS[3], "label": "Refusal"}]  # one disagreement, an alias spelling
     code, out, err = run_cli("judge", write_jsonl(tmp_path / "gold.jsonl", rows), "--judge", "rules")

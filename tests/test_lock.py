@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from conftest import REPO
+from conftest import REPO, readme_count
 
 _spec = importlib.util.spec_from_file_location("lockfile", REPO / "tools" / "lockfile.py")
 lockfile = importlib.util.module_from_spec(_spec)
@@ -26,3 +26,7 @@ def test_the_lock_pins_every_dependency_the_project_declares():
 
     declared = {lockfile.canonical(Requirement(r).name) for r in metadata.requires("ppo-align") or []}
     assert declared and declared <= set(lockfile.read(REPO / "constraints.txt"))
+
+
+def test_the_readme_states_how_many_packages_the_lock_pins():
+    assert readme_count(r"\((\d+) of them: torch") == len(lockfile.read(REPO / "constraints.txt"))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, readme_count
 
 from ppo_align import UserError, load_recipe, shipped_recipes
 from ppo_align.recipe.schema import Recipe
@@ -32,6 +32,7 @@ def test_every_shipped_recipe_validates(recipe):
 
 def test_broken_corpus_is_large_enough():
     assert len(BROKEN) >= 35
+    assert readme_count(r"(\d+) broken recipes in `tests/broken_recipes/`") == len(BROKEN)
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
